@@ -1,0 +1,139 @@
+"""Admin API under /api/v1/admin: users and API keys."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from fastapi import Depends, Path, Query
+
+from yuntu.admin import audit, service
+from yuntu.admin.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, RoleChange, StatusChange
+from yuntu.identity import apikeys
+from yuntu.identity.deps import ClientInfo, CurrentAdmin, DbSession, Principal, require_scope
+from yuntu.identity.schemas import UserOut
+from yuntu.identity.service import now_utc
+from yuntu.kit.routing import error_responses, make_router
+from yuntu.kit.schemas import Envelope, Id, Page, PageParams, make_page, page_params, paginate
+from yuntu.kit.text import line
+
+router = make_router(prefix="/admin", tags=["admin"], responses=error_responses(401, 403))
+UserId = Annotated[Id, Path(description="User id")]
+Pagination = Annotated[PageParams, Depends(page_params)]
+
+
+@router.get("/users", summary="List and search users")
+async def list_users(
+    session: DbSession,
+    pagination: Pagination,
+    _principal: Annotated[Principal, require_scope("users:read")],
+    q: Annotated[
+        str | None, line(100), Query(description="Matches username, email, phone, nickname")
+    ] = None,
+    status: Annotated[Literal["active", "suspended", "deleted"] | None, Query()] = None,
+    role: Annotated[Literal["user", "admin"] | None, Query()] = None,
+) -> Envelope[Page[UserOut]]:
+    """Admins, or API keys with `users:read`."""
+    rows, total = await paginate(session, service.search_statement(q, status, role), pagination)
+    items = [UserOut.model_validate(row) for row in rows]
+    return Envelope(data=Page[UserOut](**make_page(items, total, pagination)))
+
+
+@router.get("/users/{user_id}", summary="One user", responses=error_responses(404))
+async def get_user(
+    user_id: UserId,
+    session: DbSession,
+    _principal: Annotated[Principal, require_scope("users:read")],
+) -> Envelope[UserOut]:
+    return Envelope(data=UserOut.model_validate(await service.get_user(session, user_id)))
+
+
+@router.post(
+    "/users/{user_id}/suspend", summary="Suspend a user", responses=error_responses(404, 409)
+)
+async def suspend(
+    user_id: UserId,
+    admin: CurrentAdmin,
+    session: DbSession,
+    client: ClientInfo,
+    body: StatusChange | None = None,
+) -> Envelope[UserOut]:
+    """The user's sessions are revoked and their access tokens stop working at once."""
+    user = await service.set_status(
+        session, admin.user, user_id, "suspended", client.ip, body.reason if body else None
+    )
+    return Envelope(data=UserOut.model_validate(user))
+
+
+@router.post(
+    "/users/{user_id}/reactivate",
+    summary="Reactivate a suspended user",
+    responses=error_responses(404, 409),
+)
+async def reactivate(
+    user_id: UserId,
+    admin: CurrentAdmin,
+    session: DbSession,
+    client: ClientInfo,
+    body: StatusChange | None = None,
+) -> Envelope[UserOut]:
+    user = await service.set_status(
+        session, admin.user, user_id, "active", client.ip, body.reason if body else None
+    )
+    return Envelope(data=UserOut.model_validate(user))
+
+
+@router.put(
+    "/users/{user_id}/role", summary="Change a user's role", responses=error_responses(404, 409)
+)
+async def change_role(
+    user_id: UserId, body: RoleChange, admin: CurrentAdmin, session: DbSession, client: ClientInfo
+) -> Envelope[UserOut]:
+    user = await service.set_role(session, admin.user, user_id, body.role, client.ip)
+    return Envelope(data=UserOut.model_validate(user))
+
+
+@router.post("/api-keys", status_code=201, summary="Create an API key (secret shown once)")
+async def create_api_key(
+    body: ApiKeyCreate, admin: CurrentAdmin, session: DbSession, client: ClientInfo
+) -> Envelope[ApiKeyCreated]:
+    expires = now_utc() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    key, secret = await apikeys.create(
+        session,
+        name=body.name,
+        scopes=list(body.scopes),
+        created_by=admin.user.id,
+        expires_at=expires,
+    )
+    await audit.record(
+        session,
+        actor_user_id=admin.user.id,
+        action="api_key.create",
+        target_type="api_key",
+        target_id=key.id,
+        ip=client.ip,
+        after={"name": key.name, "scopes": key.scopes, "prefix": key.prefix},
+    )
+    out = ApiKeyOut.model_validate(key).model_dump()
+    return Envelope(data=ApiKeyCreated(**out, secret=secret))
+
+
+@router.get("/api-keys", summary="List API keys (prefix only)")
+async def list_api_keys(_admin: CurrentAdmin, session: DbSession) -> Envelope[list[ApiKeyOut]]:
+    return Envelope(data=[ApiKeyOut.model_validate(k) for k in await apikeys.list_keys(session)])
+
+
+@router.delete("/api-keys/{key_id}", summary="Revoke an API key", responses=error_responses(404))
+async def revoke_api_key(
+    key_id: Annotated[Id, Path()], admin: CurrentAdmin, session: DbSession, client: ClientInfo
+) -> Envelope[ApiKeyOut]:
+    key = await apikeys.revoke(session, key_id)
+    await audit.record(
+        session,
+        actor_user_id=admin.user.id,
+        action="api_key.revoke",
+        target_type="api_key",
+        target_id=key.id,
+        ip=client.ip,
+    )
+    return Envelope(data=ApiKeyOut.model_validate(key))

@@ -1,0 +1,92 @@
+"""create_app(settings): middleware, error handlers and every domain router."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from yuntu import __version__
+from yuntu.admin.endpoints import router as admin_router
+from yuntu.identity.endpoints import router as identity_router
+from yuntu.identity.service import AuthRuntime
+from yuntu.identity.tokens import TokenCodec
+from yuntu.identity.wechat import WechatClient
+from yuntu.identity.wechat_endpoints import router as wechat_router
+from yuntu.kit import ids
+from yuntu.kit.db import Database
+from yuntu.kit.http import RequestContextMiddleware, install_error_handlers
+from yuntu.kit.logging import configure_logging, get_logger
+from yuntu.kit.metrics import Metrics
+from yuntu.kit.ratelimit import RateLimiter
+from yuntu.ops.endpoints import router as ops_router
+from yuntu.settings import Settings
+
+API_PREFIX = "/api/v1"
+log = get_logger("yuntu.app")
+
+DESCRIPTION = """One backend for Yuntu Cloud, package distribution, PicKitchen and CineGen.
+
+Every JSON answer is an envelope: `{"code": 0, "message": "success", "data": ...}` on success,
+`{"code", "message", "error", "data": null, "details"}` on error (see docs/errors.md). Ids are
+strings; times are RFC 3339 UTC."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    secret = settings.resolve_secret_key()  # refuses production with a default secret
+    configure_logging(settings.log_level, settings.log_json)
+    ids.configure(settings.node_id)
+    settings.ensure_data_dir()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.db = Database(settings.effective_database_url)
+        app.state.limiter = RateLimiter(settings.rate_limit_storage_url)
+        app.state.auth = AuthRuntime(
+            settings=settings,
+            codec=TokenCodec(
+                secret, settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds
+            ),
+            limiter=app.state.limiter,
+        )
+        app.state.wechat = WechatClient(settings) if settings.wechat_enabled else None
+        log.info("started", version=__version__, env=settings.env, dialect=app.state.db.dialect)
+        try:
+            yield
+        finally:
+            if app.state.wechat is not None:
+                await app.state.wechat.aclose()
+            await app.state.db.dispose()
+
+    app = FastAPI(
+        title="Yuntu API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url="/redoc",
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    app.include_router(ops_router)
+    app.include_router(identity_router, prefix=API_PREFIX)
+    app.include_router(wechat_router, prefix=API_PREFIX)
+    app.include_router(admin_router, prefix=API_PREFIX)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware, max_body=settings.max_request_bytes, metrics=app.state.metrics
+    )
+    return app

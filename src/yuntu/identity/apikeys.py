@@ -1,0 +1,89 @@
+"""API keys for machine clients: shown once, stored as SHA-256, scoped, revocable."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from yuntu.identity.tokens import constant_time_equals, sha256_hex
+from yuntu.kit.errors import AppError, E
+from yuntu.models.identity import ApiKey
+
+KEY_PREFIX = "yk_"
+# Scopes a key may carry; domains add theirs here as they arrive.
+KNOWN_SCOPES = frozenset({"users:read", "users:write", "packages:read", "packages:admin"})
+# last_used_at is written at most this often per key, so hot keys do not write on every call.
+_TOUCH_INTERVAL_SECONDS = 60
+
+
+def generate() -> tuple[str, str]:
+    """(full key, display prefix). The key carries 256 bits of randomness, so an unsalted
+    SHA-256 at rest is enough: there is nothing to brute-force."""
+    prefix = secrets.token_hex(4)
+    return f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}", f"{KEY_PREFIX}{prefix}"
+
+
+async def create(
+    session: AsyncSession,
+    *,
+    name: str,
+    scopes: list[str],
+    created_by: int | None,
+    expires_at: datetime | None,
+) -> tuple[ApiKey, str]:
+    unknown = sorted(set(scopes) - KNOWN_SCOPES)
+    if unknown:
+        raise AppError(
+            E.VALIDATION_ERROR,
+            details=[{"field": "body.scopes", "message": f"unknown scopes: {unknown}"}],
+        )
+    secret, prefix = generate()
+    key = ApiKey(
+        name=name,
+        prefix=prefix,
+        key_hash=sha256_hex(secret),
+        scopes=sorted(set(scopes)),
+        created_by=created_by,
+        expires_at=expires_at,
+    )
+    session.add(key)
+    await session.flush()
+    return key, secret
+
+
+async def authenticate(session: AsyncSession, presented: str) -> ApiKey:
+    if not presented.startswith(KEY_PREFIX) or len(presented) > 200:
+        raise AppError(E.API_KEY_INVALID)
+    digest = sha256_hex(presented)
+    key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    now = datetime.now(UTC)
+    if (
+        key is None
+        or not constant_time_equals(key.key_hash, digest)
+        or key.revoked_at
+        or (key.expires_at and key.expires_at <= now)
+    ):
+        raise AppError(E.API_KEY_INVALID)
+    if (
+        key.last_used_at is None
+        or (now - key.last_used_at).total_seconds() > _TOUCH_INTERVAL_SECONDS
+    ):
+        key.last_used_at = now
+    return key
+
+
+async def list_keys(session: AsyncSession) -> list[ApiKey]:
+    return list((await session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc()))).all())
+
+
+async def revoke(session: AsyncSession, key_id: int) -> ApiKey:
+    key = await session.get(ApiKey, key_id)
+    if key is None:
+        raise AppError(E.NOT_FOUND)
+    if key.revoked_at is None:
+        key.revoked_at = datetime.now(UTC)
+    await session.flush()
+    return key

@@ -1,0 +1,145 @@
+"""Typed authentication dependencies: who is calling, checked on every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from yuntu.identity import apikeys
+from yuntu.identity.service import AuthRuntime, Client
+from yuntu.kit.clientip import client_address
+from yuntu.kit.errors import AppError, E
+from yuntu.kit.http import get_db_session
+from yuntu.models.identity import ApiKey, AuthSession, User, UserRole, UserStatus
+
+bearer_scheme = HTTPBearer(auto_error=False, description="Access token from /auth/login")
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Machine client key created by an administrator"
+)
+
+DbSession = Annotated[AsyncSession, Depends(get_db_session)]
+
+
+def get_runtime(request: Request) -> AuthRuntime:
+    return request.app.state.auth
+
+
+Runtime = Annotated[AuthRuntime, Depends(get_runtime)]
+
+
+def get_client(request: Request) -> Client:
+    settings = request.app.state.settings
+    peer = request.client.host if request.client else None
+    ip = client_address(
+        peer, request.headers.get("x-forwarded-for"), settings.trusted_proxy_networks
+    )
+    return Client(ip=ip, user_agent=request.headers.get("user-agent"))
+
+
+ClientInfo = Annotated[Client, Depends(get_client)]
+
+
+@dataclass(slots=True)
+class AuthUser:
+    user: User
+    session_id: int
+
+
+@dataclass(slots=True)
+class Principal:
+    """A caller: a signed-in user, or a machine client holding an API key."""
+
+    user: User | None = None
+    session_id: int | None = None
+    api_key: ApiKey | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user is not None and self.user.role == UserRole.ADMIN
+
+    def allows(self, scope: str) -> bool:
+        return self.is_admin or scope in self.scopes
+
+
+async def _user_from_bearer(
+    request: Request, session: AsyncSession, rt: AuthRuntime, token: str
+) -> AuthUser:
+    claims = rt.codec.decode_access(token)
+    row = (
+        await session.execute(
+            select(User, AuthSession.revoked_at)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
+        )
+    ).first()
+    if row is None:
+        raise AppError(E.TOKEN_INVALID)
+    user, revoked_at = row
+    if revoked_at is not None:
+        raise AppError(E.SESSION_REVOKED)
+    if user.status != UserStatus.ACTIVE:
+        raise AppError(E.ACCOUNT_DISABLED)
+    request.scope.setdefault("state", {})["user_id"] = str(user.id)
+    return AuthUser(user=user, session_id=claims.session_id)
+
+
+async def current_user(
+    request: Request,
+    session: DbSession,
+    rt: Runtime,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> AuthUser:
+    if credentials is None:
+        raise AppError(E.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    return await _user_from_bearer(request, session, rt, credentials.credentials)
+
+
+CurrentUser = Annotated[AuthUser, Depends(current_user)]
+
+
+async def current_admin(auth: CurrentUser) -> AuthUser:
+    if auth.user.role != UserRole.ADMIN:
+        raise AppError(E.FORBIDDEN)
+    return auth
+
+
+CurrentAdmin = Annotated[AuthUser, Depends(current_admin)]
+
+
+async def current_principal(
+    request: Request,
+    session: DbSession,
+    rt: Runtime,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    if credentials is not None:
+        auth = await _user_from_bearer(request, session, rt, credentials.credentials)
+        return Principal(user=auth.user, session_id=auth.session_id)
+    if api_key:
+        key = await apikeys.authenticate(session, api_key)
+        request.scope.setdefault("state", {})["user_id"] = f"key:{key.id}"
+        return Principal(api_key=key, scopes=frozenset(key.scopes))
+    raise AppError(E.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_scope(scope: str) -> object:
+    """An admin user, or an API key granted `scope`."""
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        if principal.user is not None and not principal.is_admin:
+            raise AppError(E.FORBIDDEN)
+        if not principal.allows(scope):
+            raise AppError(E.SCOPE_MISSING, details={"required_scope": scope})
+        return principal
+
+    return Depends(dependency)

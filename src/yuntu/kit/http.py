@@ -1,0 +1,246 @@
+"""The request harness: one transaction per request, the error envelope, request ids, body limits
+and the access log. Endpoints and services never commit; this module does."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from yuntu.kit.errors import BY_STATUS, AppError, E, ErrorSpec
+from yuntu.kit.i18n import preferred_language
+from yuntu.kit.logging import get_logger
+from yuntu.kit.metrics import Metrics
+
+log = get_logger("yuntu.http")
+_SESSION_KEY = "yuntu_db_session"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def get_db_session(request: Request) -> AsyncSession:
+    """The request's session, opened lazily; TransactionalRoute commits or rolls it back."""
+    session = request.scope.get(_SESSION_KEY)
+    if session is None:
+        session = request.app.state.db.sessionmaker()
+        request.scope[_SESSION_KEY] = session
+    return session
+
+
+class TransactionalRoute(APIRoute):
+    """Commits the request's session once the endpoint succeeded, before the response leaves;
+    rolls back on any error (unless the error asks to keep its writes, see AppError.commit)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def run_in_transaction(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except AppError as exc:
+                await _finish(request, commit=exc.commit)
+                raise
+            except BaseException:
+                await _finish(request, commit=False)
+                raise
+            await _finish(request, commit=response.status_code < 400)
+            return response
+
+        return run_in_transaction
+
+
+async def _finish(request: Request, *, commit: bool) -> None:
+    session: AsyncSession | None = request.scope.pop(_SESSION_KEY, None)
+    if session is None:
+        return
+    try:
+        if commit:
+            await session.commit()
+        else:
+            await session.rollback()
+    finally:
+        await session.close()
+
+
+def error_body(
+    spec: ErrorSpec, lang: str, message: str | None = None, details: Any = None
+) -> dict[str, Any]:
+    text = message or (spec.en if lang == "en" else spec.zh)
+    return {
+        "code": spec.code,
+        "message": text,
+        "error": spec.name,
+        "data": None,
+        "details": details,
+    }
+
+
+def error_response(
+    request: Request,
+    spec: ErrorSpec,
+    *,
+    message: str | None = None,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    lang = preferred_language(request.headers.get("accept-language"))
+    body = json.dumps(error_body(spec, lang, message, details), ensure_ascii=False)
+    return Response(body, status_code=spec.status, media_type="application/json", headers=headers)
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[ErrorSpec, list[dict[str, str]]]:
+    details = []
+    spec = E.VALIDATION_ERROR
+    for error in exc.errors()[:50]:
+        if error.get("type") == "json_invalid":
+            spec = E.MALFORMED_JSON
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        details.append({"field": location, "message": str(error.get("msg", ""))[:300]})
+    return spec, details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_app_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AppError)
+        return error_response(
+            request, exc.spec, message=exc.message, details=exc.details, headers=exc.headers
+        )
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        spec, details = _validation_details(exc)
+        return error_response(request, spec, details=details)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            spec = E.ROUTE_NOT_FOUND
+        elif exc.status_code == 400:
+            spec = E.BAD_REQUEST
+        else:
+            spec = BY_STATUS.get(
+                exc.status_code, E.BAD_REQUEST if exc.status_code < 500 else E.INTERNAL_ERROR
+            )
+        headers = dict(exc.headers or {})
+        if spec.status != exc.status_code:
+            return error_response(request, spec, headers=headers)
+        return error_response(request, spec, headers=headers)
+
+    app.add_exception_handler(AppError, on_app_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(status_code=413)
+
+
+class RequestContextMiddleware:
+    """Outermost application middleware: request id, body size limit, the catch-all that turns an
+    unexpected exception into a 500 envelope (never a stack trace), metrics and the access log."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        metrics: Metrics,
+        body_limit_for: Callable[[str], int | None] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.metrics = metrics
+        self.body_limit_for = body_limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        status_holder = {"status": 500, "started": False}
+        limit = self.max_body
+        if self.body_limit_for is not None:
+            limit = self.body_limit_for(scope["path"]) or limit
+        lang = preferred_language(headers.get("accept-language"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+                raw = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                raw.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": raw}
+            await send(message)
+
+        async def reply(spec: ErrorSpec) -> None:
+            body = json.dumps(error_body(spec, lang), ensure_ascii=False).encode()
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": spec.status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
+
+        declared = headers.get("content-length")
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge()
+            return message
+
+        try:
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await reply(E.PAYLOAD_TOO_LARGE if declared.isdigit() else E.BAD_REQUEST)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
+        except Exception:
+            log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            if not status_holder["started"]:
+                await reply(E.INTERNAL_ERROR)
+        finally:
+            duration = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], template, status_holder["status"], duration)
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status_holder["status"],
+                duration_ms=round(duration * 1000, 2),
+                user_id=scope.get("state", {}).get("user_id"),
+                client=(scope.get("client") or ("", 0))[0],
+            )

@@ -1,0 +1,153 @@
+"""Shared fixtures. Every database test runs on SQLite and, when YUNTU_TEST_DATABASE_URL names a
+PostgreSQL database, on PostgreSQL too (under CI=true that leg is mandatory)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from yuntu.app import create_app
+from yuntu.kit import migrate
+from yuntu.kit.db import create_engine
+from yuntu.models import metadata
+from yuntu.settings import Settings
+
+# Test modules with async tests declare `pytestmark = pytest.mark.anyio`.
+PG_URL = os.environ.get("YUNTU_TEST_DATABASE_URL", "").strip()
+BACKENDS = ["sqlite"] + (["postgres"] if PG_URL else [])
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI", "").lower() == "true" and not PG_URL:
+        raise pytest.UsageError("CI=true requires YUNTU_TEST_DATABASE_URL (the PostgreSQL leg)")
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        await connection.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_databases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One migrated database per backend for the whole session; tests truncate between runs."""
+    urls = {"sqlite": f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"}
+    if PG_URL:
+        asyncio.run(_reset_postgres(PG_URL))
+        urls["postgres"] = PG_URL
+    for url in urls.values():
+        migrate.upgrade(url)
+    return urls
+
+
+async def truncate_all(url: str) -> None:
+    engine = create_engine(url)
+    tables = [t.name for t in reversed(metadata.sorted_tables)]
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        else:
+            for table in tables:
+                await connection.execute(text(f"DELETE FROM {table}"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def db_url(db_backend: str, migrated_databases: dict[str, str]) -> str:
+    url = migrated_databases[db_backend]
+    await truncate_all(url)
+    return url
+
+
+def make_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "var",
+        "database_url": db_url,
+        "secret_key": TEST_SECRET,
+        "auto_migrate": False,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change the app's settings."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, settings_overrides: dict[str, Any]) -> Settings:
+    return make_settings(tmp_path, db_url, **settings_overrides)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://yuntu.test") as http:
+        yield http
+
+
+API = "/api/v1"
+
+
+async def register(
+    client: httpx.AsyncClient,
+    username: str = "alice",
+    password: str = "correct-horse-42",
+    **extra: Any,
+) -> dict[str, Any]:
+    response = await client.post(
+        f"{API}/auth/register", json={"username": username, "password": password, **extra}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+@pytest.fixture
+def env_without_yuntu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key in list(os.environ):
+        if key.startswith("YUNTU_"):
+            monkeypatch.delenv(key)
+    yield
