@@ -425,26 +425,31 @@ async def revoke_session(session: AsyncSession, user_id: int, session_id: int) -
 
 
 async def update_profile(session: AsyncSession, user: User, changes: dict[str, object]) -> User:
-    username_key = email_key = phone = None
+    """Validate and check every change first, then apply: a refused update changes nothing."""
+    values: dict[str, object] = {}
     if changes.get("username") is not None:
-        user.username, username_key = normalize_username(str(changes["username"]))
-        user.username_key = username_key
+        values["username"], values["username_key"] = normalize_username(str(changes["username"]))
     if changes.get("email") is not None:
-        user.email, email_key = normalize_email(str(changes["email"]))
-        user.email_key = email_key
+        values["email"], values["email_key"] = normalize_email(str(changes["email"]))
     if changes.get("phone") is not None:
-        phone = normalize_phone(str(changes["phone"]))
-        user.phone = phone
+        values["phone"] = normalize_phone(str(changes["phone"]))
     if changes.get("nickname") is not None:
-        user.nickname = str(changes["nickname"])
+        values["nickname"] = str(changes["nickname"])
     if "avatar_url" in changes:
         url = changes["avatar_url"]
         if url is not None and not str(url).startswith(("https://", "http://")):
             raise invalid("avatar_url", "must be an http(s) URL")
-        user.avatar_url = url  # type: ignore[assignment]
-    await _ensure_unique(
-        session, user.id, username_key=username_key, email_key=email_key, phone=phone
-    )
+        values["avatar_url"] = url
+    with session.no_autoflush:
+        await _ensure_unique(
+            session,
+            user.id,
+            username_key=values.get("username_key"),  # type: ignore[arg-type]
+            email_key=values.get("email_key"),  # type: ignore[arg-type]
+            phone=values.get("phone"),
+        )  # type: ignore[arg-type]
+    for key, value in values.items():
+        setattr(user, key, value)
     user.updated_at = now_utc()
     await _flush_unique(session)
     return user

@@ -14,6 +14,7 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -136,7 +137,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(request, spec, headers=headers)
         return error_response(request, spec, headers=headers)
 
+    async def on_integrity(request: Request, exc: Exception) -> Response:
+        # A uniqueness race the service did not anticipate: still a conflict, never a 500.
+        log.warning("integrity_conflict", error=type(exc).__name__)
+        return error_response(request, E.CONFLICT)
+
     app.add_exception_handler(AppError, on_app_error)
+    app.add_exception_handler(IntegrityError, on_integrity)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
 
