@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
 import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, quote, urlencode
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,7 +20,8 @@ KNOWN_WEAK_SECRETS = frozenset(
     {"", "secret", "changeme", "change-me", "change_me", "dev", "development", "yuntu", "test"}
 )
 MIN_PRODUCTION_SECRET_LENGTH = 32
-SECRET_FILE_NAME = "secret_key"
+MIN_DISTINCT_SECRET_CHARACTERS = 8
+SECRET_FILE_NAME = "secret_key"  # noqa: S105 (a file name)
 
 
 class ConfigError(RuntimeError):
@@ -25,8 +29,18 @@ class ConfigError(RuntimeError):
 
 
 def _split_csv(value: object) -> object:
+    """`a, b` or a JSON list `["a", "b"]` (what pydantic-settings would expect) -> list."""
     if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                parsed = json.loads(stripped)
+            except ValueError:
+                raise ValueError("not a valid JSON list") from None
+            if not isinstance(parsed, list) or not all(isinstance(i, str) for i in parsed):
+                raise ValueError("expected a JSON list of strings")
+            return [item.strip() for item in parsed if item.strip()]
+        return [item.strip() for item in stripped.split(",") if item.strip()]
     return value
 
 
@@ -79,7 +93,10 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_networks(cls, value: list[str]) -> list[str]:
         for item in value:
-            ipaddress.ip_network(item, strict=False)
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
         return value
 
     @cached_property
@@ -117,45 +134,92 @@ class Settings(BaseSettings):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return self.data_dir
 
-    def resolve_secret_key(self) -> str:
-        """Return the signing key; generate and persist one in development, refuse weak ones in
-        production."""
-        if self.secret_key is not None:
-            key = self.secret_key.get_secret_value()
-            if self.is_production and (
-                key.lower() in KNOWN_WEAK_SECRETS or len(key) < MIN_PRODUCTION_SECRET_LENGTH
-            ):
-                raise ConfigError(
-                    "YUNTU_SECRET_KEY is a default or too short "
-                    f"(< {MIN_PRODUCTION_SECRET_LENGTH} characters); refusing to start in production"
-                )
-            if not key:
-                raise ConfigError("YUNTU_SECRET_KEY is empty")
-            return key
-        if self.is_production:
+    @property
+    def secret_key_file(self) -> Path:
+        """Where development keeps its generated signing key."""
+        return (self.data_dir / SECRET_FILE_NAME).resolve()
+
+    def _explicit_secret_key(self) -> str | None:
+        """YUNTU_SECRET_KEY if set (an empty or blank value counts as unset); in production,
+        refuse anything that is missing, a known default, short or low-entropy."""
+        raw = self.secret_key.get_secret_value() if self.secret_key else ""
+        key = raw.strip()
+        if not self.is_production:
+            return raw if key else None
+        if not key:
             raise ConfigError(
                 "YUNTU_SECRET_KEY is not set; production refuses a generated secret. "
                 'Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
             )
-        path = self.ensure_data_dir() / SECRET_FILE_NAME
-        if path.exists():
-            return path.read_text().strip()
+        if (
+            key.lower() in KNOWN_WEAK_SECRETS
+            or len(key) < MIN_PRODUCTION_SECRET_LENGTH
+            or len(set(key)) < MIN_DISTINCT_SECRET_CHARACTERS
+        ):
+            raise ConfigError(
+                "YUNTU_SECRET_KEY is a default, too short "
+                f"(< {MIN_PRODUCTION_SECRET_LENGTH} characters) or too repetitive; "
+                "refusing to start in production. "
+                'Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+            )
+        return raw
+
+    def validate_secret_key(self) -> None:
+        """Raise ConfigError when production would refuse the key; never writes anything."""
+        self._explicit_secret_key()
+
+    def resolve_secret_key(self) -> str:
+        """Return the signing key; generate and persist one (mode 0600, under the data dir) in
+        development, refuse weak ones in production."""
+        key = self._explicit_secret_key()
+        if key is not None:
+            return key
+        path = self.secret_key_file
+        existing = _read_secret_file(path)
+        if existing:
+            return existing
+        self.ensure_data_dir()
+        # Write a private temporary file, then link it into place: the key file never exists
+        # half-written, and when two processes start at once both end up with the winner's key.
         key = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key)
+        temporary = path.with_name(f".{SECRET_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(key)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if path.exists() and not _read_secret_file(path):
+                path.unlink(missing_ok=True)  # an empty leftover from a crash: replace it
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                return _read_secret_file(path) or key
+        finally:
+            temporary.unlink(missing_ok=True)
         return key
 
+    def describe_secret_key(self) -> str:
+        """How the signing key is configured, for display (never the value)."""
+        if self._explicit_secret_key() is not None:
+            return "******** (YUNTU_SECRET_KEY)"
+        path = self.secret_key_file
+        if _read_secret_file(path):
+            return f"generated, persisted in {path}"
+        return f"not set: generated on first start and persisted in {path}"
+
     def masked(self) -> dict[str, object]:
-        """Effective settings for display: secrets and credentials in URLs are masked."""
+        """Effective settings for display: secrets and credentials in URLs are masked; the
+        secret key line says where a generated key lives."""
         out: dict[str, object] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                value = "********" if value.get_secret_value() else ""
+                value = MASK if value.get_secret_value() else ""
             elif isinstance(value, Path):
                 value = str(value)
             out[name] = value
+        out["secret_key"] = self.describe_secret_key()
         out["database_url"] = mask_url(self.effective_database_url)
         out["storage_url"] = mask_url(self.effective_storage_url)
         if self.redis_url:
@@ -163,14 +227,42 @@ class Settings(BaseSettings):
         return out
 
 
+MASK = "********"
+_SECRET_QUERY_NAMES = ("password", "passwd", "pwd", "secret", "token", "key", "credential")
+
+
+def _read_secret_file(path: Path) -> str | None:
+    try:
+        if path.stat().st_mode & 0o077:
+            with contextlib.suppress(OSError):
+                path.chmod(0o600)  # a generated key is readable by its owner only
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def mask_url(url: str) -> str:
-    """Hide the password (and S3 secret) part of a URL's userinfo."""
+    """Hide the password in a URL's userinfo and the values of secret-looking query parameters
+    (password, secret, token, key...)."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return url
-    userinfo, _, host = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:********@{host}"
+    rest, qmark, query = rest.partition("?")
+    # The userinfo ends at the last "@" before the path: passwords may contain "/" or "@".
+    at = rest.rfind("@")
+    if at != -1:
+        userinfo, hostpart = rest[:at], rest[at + 1 :]
+        user, colon, _password = userinfo.partition(":")
+        if "/" not in user and colon:
+            rest = f"{user}:{MASK}@{hostpart}"
+    if qmark:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        masked = [
+            (name, MASK if any(word in name.lower() for word in _SECRET_QUERY_NAMES) else value)
+            for name, value in pairs
+        ]
+        query = urlencode(masked, safe="*", quote_via=quote)
+    return f"{scheme}://{rest}{qmark}{query}"
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -48,7 +48,7 @@ class UserOut(Schema):
 class TokenPair(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 (a scheme name, not a secret)
     expires_in: int = Field(description="Access token lifetime in seconds", examples=[1800])
     refresh_expires_in: int = Field(examples=[604800])
     session_id: Id

@@ -426,7 +426,7 @@ async def revoke_session(session: AsyncSession, user_id: int, session_id: int) -
 
 async def update_profile(session: AsyncSession, user: User, changes: dict[str, object]) -> User:
     """Validate and check every change first, then apply: a refused update changes nothing."""
-    values: dict[str, object] = {}
+    values: dict[str, str | None] = {}
     if changes.get("username") is not None:
         values["username"], values["username_key"] = normalize_username(str(changes["username"]))
     if changes.get("email") is not None:
@@ -439,15 +439,15 @@ async def update_profile(session: AsyncSession, user: User, changes: dict[str, o
         url = changes["avatar_url"]
         if url is not None and not str(url).startswith(("https://", "http://")):
             raise invalid("avatar_url", "must be an http(s) URL")
-        values["avatar_url"] = url
+        values["avatar_url"] = None if url is None else str(url)
     with session.no_autoflush:
         await _ensure_unique(
             session,
             user.id,
-            username_key=values.get("username_key"),  # type: ignore[arg-type]
-            email_key=values.get("email_key"),  # type: ignore[arg-type]
+            username_key=values.get("username_key"),
+            email_key=values.get("email_key"),
             phone=values.get("phone"),
-        )  # type: ignore[arg-type]
+        )
     for key, value in values.items():
         setattr(user, key, value)
     user.updated_at = now_utc()

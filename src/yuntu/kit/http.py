@@ -110,6 +110,16 @@ def _validation_details(exc: RequestValidationError) -> tuple[ErrorSpec, list[di
     return spec, details
 
 
+# Statuses Starlette/FastAPI raise themselves (routing, body parsing, our body limit): the
+# specific catalogue entry, not merely the first one with that status (413 is not a quota).
+_HTTP_EXCEPTION_SPECS: dict[int, ErrorSpec] = {
+    400: E.BAD_REQUEST,
+    404: E.ROUTE_NOT_FOUND,
+    405: E.METHOD_NOT_ALLOWED,
+    413: E.PAYLOAD_TOO_LARGE,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_app_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AppError)
@@ -124,18 +134,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            spec = E.ROUTE_NOT_FOUND
-        elif exc.status_code == 400:
-            spec = E.BAD_REQUEST
-        else:
-            spec = BY_STATUS.get(
-                exc.status_code, E.BAD_REQUEST if exc.status_code < 500 else E.INTERNAL_ERROR
-            )
-        headers = dict(exc.headers or {})
-        if spec.status != exc.status_code:
-            return error_response(request, spec, headers=headers)
-        return error_response(request, spec, headers=headers)
+        spec = _HTTP_EXCEPTION_SPECS.get(exc.status_code) or BY_STATUS.get(
+            exc.status_code, E.BAD_REQUEST if exc.status_code < 500 else E.INTERNAL_ERROR
+        )
+        return error_response(request, spec, headers=dict(exc.headers or {}))
 
     async def on_integrity(request: Request, exc: Exception) -> Response:
         # A uniqueness race the service did not anticipate: still a conflict, never a 500.

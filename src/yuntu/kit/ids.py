@@ -1,4 +1,4 @@
-"""Snowflake ids: 41 bits of milliseconds since the project epoch, 10 bits node, 12 bits sequence."""
+"""Snowflake ids: 41 bits of ms since the project epoch, 10 bits node, 12 bits sequence."""
 
 from __future__ import annotations
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
+from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, StringConstraints
 
 # C0 controls (NUL included: PostgreSQL refuses it in text), DEL and C1 controls, plus bidi
@@ -28,14 +31,32 @@ def clean_text(value: str) -> str:
     return value
 
 
-def line(max_length: int, min_length: int = 0) -> object:
-    """A single-line string type: NFC-normalized, no control characters, stripped, bounded."""
-    return Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
-        AfterValidator(clean_line),
-    ]
+@dataclass(frozen=True, slots=True)
+class _Constrained(GroupedMetadata):
+    """Metadata for `Annotated[str, ...]` (also in unions with None and FastAPI parameters):
+    pydantic expands it into the length constraints and the character check.
+
+    (An `Annotated[...]` type used as metadata inside another `Annotated` is silently ignored,
+    so these helpers must return metadata, not a type.)"""
+
+    max_length: int
+    min_length: int = 0
+    strip: bool = True
+    single_line: bool = True
+
+    def __iter__(self) -> Iterator[Any]:
+        yield StringConstraints(
+            strip_whitespace=self.strip, min_length=self.min_length, max_length=self.max_length
+        )
+        yield AfterValidator(clean_line if self.single_line else clean_text)
 
 
-def text(max_length: int) -> object:
-    return Annotated[str, StringConstraints(max_length=max_length), AfterValidator(clean_text)]
+def line(max_length: int, min_length: int = 0) -> Any:
+    """Metadata for a single-line string: NFC-normalized, no control characters, stripped,
+    bounded. Use as `Annotated[str, line(100)]`."""
+    return _Constrained(max_length, min_length)
+
+
+def text(max_length: int) -> Any:
+    """Metadata for multi-line text (tab and newline allowed). Use as `Annotated[str, text(n)]`."""
+    return _Constrained(max_length, strip=False, single_line=False)

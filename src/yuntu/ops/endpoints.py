@@ -36,7 +36,8 @@ async def _timed(check) -> ComponentHealth:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     try:
         await check()
-        status, error = "ok", None
+        status: Literal["ok", "down"] = "ok"
+        error = None
     except Exception as exc:  # a health probe reports failures, it does not raise them
         status, error = "down", type(exc).__name__
     return ComponentHealth(
