@@ -2,29 +2,65 @@
 login-session state machine.
 
 pending --callback ok--> confirmed --first poll--> (tokens issued once)
-pending --callback error--> failed;   any unfinished state past expires_at --> expired"""
+pending --callback error--> failed;   pending past expires_at --> expired
+
+Every transition is a conditional UPDATE (compare-and-set on the row), so concurrent callbacks
+or polls cannot both win on PostgreSQL: the state is consumed once, tokens leave once."""
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.identity import service
 from yuntu.identity.tokens import random_secret, sha256_hex
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.logging import get_logger
-from yuntu.models.identity import User, WechatIdentity, WechatLogin, WechatLoginStatus
+from yuntu.models.identity import (
+    User,
+    UserStatus,
+    WechatIdentity,
+    WechatLogin,
+    WechatLoginStatus,
+)
 from yuntu.settings import Settings
 
 log = get_logger("yuntu.wechat")
 # errcodes that mean "the code is bad" (expired, reused, wrong appid) rather than "WeChat is down"
 _CODE_ERRORS = {40029, 40163, 41008, 40030}
+_UNFINISHED = (WechatLoginStatus.PENDING, WechatLoginStatus.SCANNED)
+# Control characters (NUL breaks PostgreSQL text) and bidi overrides, as kit.text refuses on input.
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_SECRET_IN_URL = re.compile(r"([?&]secret=)[^&\s\"']*")
+
+
+class _RedactAppSecret(logging.Filter):
+    """httpx logs every request URL at INFO; WeChat wants the app secret in the query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(
+                _SECRET_IN_URL.sub(r"\1[redacted]", str(arg))
+                if isinstance(arg, httpx.URL | str)
+                else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _redact_http_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactAppSecret) for f in logger.filters):
+        logger.addFilter(_RedactAppSecret())
 
 
 class WechatError(Exception):
@@ -51,6 +87,7 @@ class WechatClient:
         assert settings.wechat_app_id and settings.wechat_app_secret
         self.app_id = settings.wechat_app_id
         self._secret = settings.wechat_app_secret.get_secret_value()
+        _redact_http_logs()
         self._http = httpx.AsyncClient(
             base_url=settings.wechat_api_base.rstrip("/"),
             timeout=settings.wechat_timeout_seconds,
@@ -70,8 +107,12 @@ class WechatClient:
             raise AppError(E.UPSTREAM_ERROR) from None
         if not isinstance(body, dict):
             raise AppError(E.UPSTREAM_ERROR)
-        if body.get("errcode"):
-            raise WechatError(int(body["errcode"]), str(body.get("errmsg", "")))
+        errcode = body.get("errcode")
+        if errcode not in (None, 0):
+            if not isinstance(errcode, int) or isinstance(errcode, bool):
+                raise AppError(E.UPSTREAM_ERROR)
+            log.warning("wechat_error", path=path, errcode=errcode)
+            raise WechatError(errcode, str(body.get("errmsg", "")))
         return body
 
     async def exchange_code(self, code: str) -> tuple[str, str, str | None]:
@@ -103,6 +144,7 @@ class WechatClient:
             raise AppError(E.UPSTREAM_ERROR)  # never trust a mismatched third-party answer
         unionid = unionid or (info.get("unionid") if isinstance(info.get("unionid"), str) else None)
         nickname = info.get("nickname") if isinstance(info.get("nickname"), str) else None
+        nickname = _UNSAFE_CHARS.sub("", nickname).strip() if nickname else None
         avatar = info.get("headimgurl") if isinstance(info.get("headimgurl"), str) else None
         if avatar and not avatar.startswith("https://"):
             avatar = None
@@ -129,9 +171,8 @@ def qr_url(settings: Settings, state: str) -> str:
 
 def require_enabled(settings: Settings) -> None:
     if not settings.wechat_enabled:
-        raise AppError(
-            E.FEATURE_NOT_CONFIGURED, message="WeChat login is not configured on this server"
-        )
+        # The catalogue's message, so Accept-Language is honoured.
+        raise AppError(E.FEATURE_NOT_CONFIGURED, details={"feature": "wechat_login"})
 
 
 async def start(session: AsyncSession, settings: Settings, ip: str) -> tuple[str, str, int]:
@@ -151,35 +192,81 @@ async def start(session: AsyncSession, settings: Settings, ip: str) -> tuple[str
     return session_id, qr_url(settings, state), ttl
 
 
-async def _find_or_create_user(session: AsyncSession, profile: WechatProfile) -> User:
-    identity = None
+async def _find_identity(session: AsyncSession, profile: WechatProfile) -> WechatIdentity | None:
+    """The unionid is the key across the open platform's apps; the openid when there is none."""
     if profile.unionid:
         identity = await session.scalar(
             select(WechatIdentity).where(WechatIdentity.unionid == profile.unionid)
         )
-    if identity is None:
-        identity = await session.scalar(
-            select(WechatIdentity).where(WechatIdentity.openid == profile.openid)
-        )
-    if identity is not None:
-        identity.nickname = profile.nickname or identity.nickname
-        identity.avatar_url = profile.avatar_url or identity.avatar_url
-        if profile.unionid and not identity.unionid:
-            identity.unionid = profile.unionid
-        return await session.get_one(User, identity.user_id)
-    user = await service.create_guest_user(session, "wx", nickname=profile.nickname)
-    user.avatar_url = profile.avatar_url
-    session.add(
-        WechatIdentity(
-            user_id=user.id,
-            openid=profile.openid,
-            unionid=profile.unionid,
-            nickname=profile.nickname,
-            avatar_url=profile.avatar_url,
-        )
+        if identity is not None:
+            return identity
+    return await session.scalar(
+        select(WechatIdentity).where(WechatIdentity.openid == profile.openid)
     )
-    await session.flush()
-    return user
+
+
+async def _find_or_create_user(session: AsyncSession, profile: WechatProfile) -> User:
+    identity = await _find_identity(session, profile)
+    if identity is None:
+        try:
+            # A savepoint: when a concurrent first login of the same person wins the unique
+            # openid/unionid, undo only our user and identity and take theirs.
+            async with session.begin_nested():
+                user = await service.create_guest_user(session, "wx", nickname=profile.nickname)
+                user.avatar_url = profile.avatar_url
+                session.add(
+                    WechatIdentity(
+                        user_id=user.id,
+                        openid=profile.openid,
+                        unionid=profile.unionid,
+                        nickname=profile.nickname,
+                        avatar_url=profile.avatar_url,
+                    )
+                )
+                await session.flush()
+            return user
+        except IntegrityError:
+            identity = await _find_identity(session, profile)
+            if identity is None:
+                raise AppError(E.CONFLICT) from None
+    identity.nickname = profile.nickname or identity.nickname
+    identity.avatar_url = profile.avatar_url or identity.avatar_url
+    if profile.unionid and not identity.unionid:
+        identity.unionid = profile.unionid
+    return await session.get_one(User, identity.user_id)
+
+
+async def _transition(
+    session: AsyncSession,
+    login: WechatLogin,
+    condition: ColumnElement[bool],
+    **values: Any,
+) -> bool:
+    """Compare-and-set on the login row; False when another request changed it first. Either
+    way `login` is reloaded with what the row holds now."""
+    result = await session.execute(
+        update(WechatLogin)
+        .where(WechatLogin.id == login.id, condition)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    await session.refresh(login)
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def _consume_state(
+    session: AsyncSession, login: WechatLogin, now: datetime, **values: Any
+) -> None:
+    """Spend the single-use state, recording the outcome; a state spent meanwhile is refused."""
+    spent = await _transition(
+        session,
+        login,
+        WechatLogin.state_used_at.is_(None) & WechatLogin.status.in_(_UNFINISHED),
+        state_used_at=now,
+        **values,
+    )
+    if not spent:
+        raise AppError(E.WECHAT_STATE_INVALID)
 
 
 async def callback(
@@ -191,30 +278,43 @@ async def callback(
         select(WechatLogin).where(WechatLogin.state_hash == sha256_hex(state))
     )
     now = service.now_utc()
-    if login is None or login.state_used_at is not None:
+    if login is None or login.state_used_at is not None or login.status not in _UNFINISHED:
         raise AppError(E.WECHAT_STATE_INVALID)
-    login.state_used_at = now
     if login.expires_at <= now:
-        login.status = WechatLoginStatus.EXPIRED
+        await _consume_state(session, login, now, status=WechatLoginStatus.EXPIRED)
         raise AppError(E.WECHAT_STATE_INVALID, commit=True)
-    login.status = WechatLoginStatus.SCANNED
     try:
         profile = await client.profile(code)
     except WechatError as exc:
-        login.status = WechatLoginStatus.FAILED
-        login.error = f"{exc.errcode} {exc.errmsg}"[:200]
+        await _consume_state(
+            session,
+            login,
+            service.now_utc(),
+            status=WechatLoginStatus.FAILED,
+            error=f"{exc.errcode} {exc.errmsg}"[:200],
+        )
         spec = E.WECHAT_CODE_INVALID if exc.errcode in _CODE_ERRORS else E.UPSTREAM_ERROR
         raise AppError(spec, details={"errcode": exc.errcode}, commit=True) from None
     except AppError as exc:
-        login.status = WechatLoginStatus.FAILED
-        login.error = exc.spec.name
+        await _consume_state(
+            session, login, service.now_utc(), status=WechatLoginStatus.FAILED, error=exc.spec.name
+        )
         exc.commit = True
         raise
     user = await _find_or_create_user(session, profile)
-    service.ensure_active(user)
-    login.user_id = user.id
-    login.status = WechatLoginStatus.CONFIRMED
-    await session.flush()
+    if user.status != UserStatus.ACTIVE:
+        await _consume_state(
+            session,
+            login,
+            service.now_utc(),
+            status=WechatLoginStatus.FAILED,
+            error=E.ACCOUNT_DISABLED.name,
+            user_id=user.id,
+        )
+        raise AppError(E.ACCOUNT_DISABLED, commit=True)
+    await _consume_state(
+        session, login, service.now_utc(), status=WechatLoginStatus.CONFIRMED, user_id=user.id
+    )
     return login
 
 
@@ -227,15 +327,18 @@ async def poll(
     if login is None:
         raise AppError(E.NOT_FOUND)
     now = service.now_utc()
-    if (
-        login.status in (WechatLoginStatus.PENDING, WechatLoginStatus.SCANNED)
-        and login.expires_at <= now
-    ):
-        login.status = WechatLoginStatus.EXPIRED
+    if login.status in _UNFINISHED and login.expires_at <= now:
+        # Unless a callback finished it meanwhile.
+        await _transition(
+            session, login, WechatLogin.status.in_(_UNFINISHED), status=WechatLoginStatus.EXPIRED
+        )
     if login.status != WechatLoginStatus.CONFIRMED or login.tokens_issued_at is not None:
         return login, None
-    # Tokens leave exactly once, to the holder of session_id; a second poll gets none.
-    login.tokens_issued_at = now
     user = await session.get_one(User, login.user_id)
     service.ensure_active(user)
+    # Tokens leave exactly once, to the holder of session_id; a second poll gets none.
+    if not await _transition(
+        session, login, WechatLogin.tokens_issued_at.is_(None), tokens_issued_at=now
+    ):
+        return login, None
     return login, await service.open_session(session, rt, user, "wechat", client_info)

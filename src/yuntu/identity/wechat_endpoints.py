@@ -51,7 +51,7 @@ class CallbackOut(BaseModel):
 def _client(request: Request) -> wechat.WechatClient:
     client = getattr(request.app.state, "wechat", None)
     if client is None:
-        raise AppError(E.FEATURE_NOT_CONFIGURED, message="WeChat login is not configured")
+        raise AppError(E.FEATURE_NOT_CONFIGURED, details={"feature": "wechat_login"})
     return client
 
 
@@ -64,14 +64,17 @@ async def qrcode(session: DbSession, rt: Runtime, client: ClientInfo) -> Envelop
     return Envelope(data=QrCodeOut(session_id=session_id, qr_url=url, expires_in=ttl))
 
 
-@router.get("/poll/{session_id}", summary="Poll a WeChat QR login", responses=error_responses(404))
+@router.get(
+    "/poll/{session_id}", summary="Poll a WeChat QR login", responses=error_responses(401, 404)
+)
 async def poll(
     session_id: Annotated[str, Path(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")],
     session: DbSession,
     rt: Runtime,
     client: ClientInfo,
 ) -> Envelope[PollOut]:
-    """pending | scanned | confirmed (tokens on the first confirmed poll only) | failed | expired."""
+    """pending | scanned | confirmed (tokens on the first confirmed poll only) | failed |
+    expired."""
     login, issued = await wechat.poll(session, rt, client, session_id)
     return Envelope(
         data=PollOut(
@@ -90,7 +93,7 @@ async def _callback(
     )
 
 
-@router.get("/callback", summary="WeChat redirect target", responses=error_responses(502))
+@router.get("/callback", summary="WeChat redirect target", responses=error_responses(401, 409, 502))
 async def callback_get(
     request: Request,
     session: DbSession,
@@ -103,7 +106,7 @@ async def callback_get(
     return await _callback(request, session, rt, code, state)
 
 
-@router.post("/callback", summary="Submit a WeChat code", responses=error_responses(502))
+@router.post("/callback", summary="Submit a WeChat code", responses=error_responses(401, 409, 502))
 async def callback_post(
     body: CallbackIn, request: Request, session: DbSession, rt: Runtime
 ) -> Envelope[CallbackOut]:
