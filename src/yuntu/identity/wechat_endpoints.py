@@ -12,6 +12,7 @@ from yuntu.identity.deps import ClientInfo, DbSession, Runtime
 from yuntu.identity.endpoints import token_pair
 from yuntu.identity.schemas import TokenPair
 from yuntu.kit.errors import AppError, E
+from yuntu.kit.http import writes
 from yuntu.kit.routing import error_responses, make_router
 from yuntu.kit.schemas import Envelope
 
@@ -67,6 +68,7 @@ async def qrcode(session: DbSession, rt: Runtime, client: ClientInfo) -> Envelop
 @router.get(
     "/poll/{session_id}", summary="Poll a WeChat QR login", responses=error_responses(401, 404)
 )
+@writes
 async def poll(
     session_id: Annotated[str, Path(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")],
     session: DbSession,
@@ -94,6 +96,7 @@ async def _callback(
 
 
 @router.get("/callback", summary="WeChat redirect target", responses=error_responses(401, 409, 502))
+@writes
 async def callback_get(
     request: Request,
     session: DbSession,

@@ -84,15 +84,23 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def _begin_deferred(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def create_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> AsyncEngine:
+    """`read_only` matters on SQLite only: such transactions BEGIN DEFERRED and run beside the
+    writer under WAL; every other transaction is BEGIN IMMEDIATE."""
     # Bound parameters (password hashes, emails, tokens) must never reach a log or a traceback.
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        # Writers take the lock at BEGIN, so two transactions never deadlock upgrading a shared
-        # lock (SQLite's "database is locked" under concurrent read-then-write).
-        event.listen(engine.sync_engine, "begin", _begin_immediate)
+        # Writers take the lock at BEGIN, so a read-then-write transaction never fails to upgrade
+        # its lock after another writer committed (SQLite's "database is locked").
+        event.listen(
+            engine.sync_engine, "begin", _begin_deferred if read_only else _begin_immediate
+        )
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
@@ -107,6 +115,14 @@ class Database:
         self.url = url
         self.engine = create_engine(url, **engine_kwargs)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Sessions for requests that only read. On SQLite they must not write: the harness gives
+        # them to GET/HEAD routes unless a route is marked with kit.http.writes.
+        self.read_engine = (
+            create_engine(url, read_only=True, **engine_kwargs)
+            if self.engine.dialect.name == "sqlite"
+            else self.engine
+        )
+        self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -125,6 +141,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
 
 __all__ = ["Base", "BigInteger", "Database", "IdMixin", "TimestampMixin", "UTCDateTime", "utcnow"]

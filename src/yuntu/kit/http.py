@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -29,11 +29,25 @@ _SESSION_KEY = "yuntu_db_session"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+_READ_ONLY_KEY = "yuntu_read_only"
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def writes(endpoint: F) -> F:
+    """Mark a GET endpoint that writes (an OAuth callback, say): it gets a write session."""
+    endpoint.yuntu_writes = True  # type: ignore[attr-defined]
+    return endpoint
+
+
 def get_db_session(request: Request) -> AsyncSession:
-    """The request's session, opened lazily; TransactionalRoute commits or rolls it back."""
+    """The request's session, opened lazily; TransactionalRoute commits or rolls it back.
+    GET and HEAD routes get a read session (on SQLite it does not take the write lock)."""
     session = request.scope.get(_SESSION_KEY)
     if session is None:
-        session = request.app.state.db.sessionmaker()
+        db = request.app.state.db
+        maker = db.read_sessionmaker if request.scope.get(_READ_ONLY_KEY) else db.sessionmaker
+        session = maker()
         request.scope[_SESSION_KEY] = session
     return session
 
@@ -44,8 +58,14 @@ class TransactionalRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        read_only = (
+            bool(self.methods)
+            and self.methods <= _READ_METHODS
+            and not getattr(self.endpoint, "yuntu_writes", False)
+        )
 
         async def run_in_transaction(request: Request) -> Response:
+            request.scope[_READ_ONLY_KEY] = read_only
             try:
                 response = await handler(request)
             except AppError as exc:
