@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 
 from yuntu import __version__
-from yuntu.settings import ConfigError, Settings
+from yuntu.settings import ConfigError, Settings, mask_url
 
 app = typer.Typer(
     help="Yuntu: one backend for four products.",
@@ -24,14 +25,26 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
 
-def _settings() -> Settings:
+def _settings(*, check_secret: bool = False) -> Settings:
+    """Load the settings, or exit 2 with the reason. `check_secret` applies the production rules
+    for the signing key (without generating one)."""
     try:
         settings = Settings()
-        settings.resolve_secret_key()
+        if check_secret:
+            settings.validate_secret_key()
     except (ConfigError, ValueError) as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _config_error(exc)
     return settings
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _config_error(exc: Exception) -> NoReturn:
+    typer.echo(f"configuration error: {exc}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -43,7 +56,12 @@ def version() -> None:
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings (secrets masked)."""
-    typer.echo(json.dumps(_settings().masked(), indent=2, default=str))
+    settings = _settings(check_secret=True)
+    try:
+        masked = settings.masked()
+    except ConfigError as exc:
+        _config_error(exc)
+    typer.echo(json.dumps(masked, indent=2, default=str))
 
 
 @app.command()
@@ -55,15 +73,23 @@ def serve(
     ] = False,
 ) -> None:
     """Apply pending migrations (unless YUNTU_AUTO_MIGRATE=false) and serve the API."""
+    settings = _settings(check_secret=True)  # refuse a bad configuration before heavy imports
+    try:
+        settings.resolve_secret_key()
+    except (ConfigError, OSError) as exc:
+        _config_error(exc)
+
     import uvicorn
 
     from yuntu.app import create_app
     from yuntu.kit import migrate
 
-    settings = _settings()
     settings.ensure_data_dir()
     if settings.auto_migrate:
-        migrate.upgrade(settings.effective_database_url)
+        try:
+            migrate.upgrade(settings.effective_database_url)
+        except Exception as exc:  # one clear line (URL masked) instead of a traceback
+            _fail(f"migration failed: {type(exc).__name__}: {_first_line(exc)}")
     application = create_app(settings)
     application.state.run_workers = not no_worker
     uvicorn.run(
@@ -84,8 +110,11 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
     settings = _settings()
     settings.ensure_data_dir()
-    migrate.upgrade(settings.effective_database_url, revision)
-    typer.echo(f"database at {revision}")
+    try:
+        migrate.upgrade(settings.effective_database_url, revision)
+    except Exception as exc:  # a clear line instead of a traceback (bad URL, server down...)
+        _fail(f"migration failed: {type(exc).__name__}: {_first_line(exc)}")
+    typer.echo(f"database at {revision}: {mask_url(settings.effective_database_url)}")
 
 
 @admin_app.command("create-user")
@@ -98,16 +127,25 @@ def create_user(
     role: Annotated[str, typer.Option(help="user or admin")] = "user",
 ) -> None:
     """Create a user (or the first administrator with --role admin)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     from yuntu.identity import service
     from yuntu.kit import ids
     from yuntu.kit.db import Database
     from yuntu.kit.errors import AppError
 
     if role not in ("user", "admin"):
-        typer.echo("role must be user or admin", err=True)
-        raise typer.Exit(2)
+        _fail("--role must be user or admin", 2)
     settings = _settings()
     ids.configure(settings.node_id)
+    url = make_url(settings.effective_database_url)
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not Path(str(url.database)).exists()
+    ):  # do not leave an empty database file behind
+        _fail(f"no database at {url.database}; run `yuntu db upgrade` first")
 
     async def run() -> int:
         db = Database(settings.effective_database_url)
@@ -128,10 +166,37 @@ def create_user(
     try:
         user_id = asyncio.run(run())
     except AppError as exc:
-        detail = f" {exc.details}" if exc.details else ""
-        typer.echo(f"error: {exc.spec.name}{detail}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps({"id": str(user_id), "username": username, "role": role}))
+        _fail(_describe_app_error(exc))
+    except SQLAlchemyError as exc:
+        _fail(
+            f"database not ready ({type(exc).__name__}: {_first_line(exc)}); "
+            "run `yuntu db upgrade` first"
+        )
+    typer.echo(json.dumps({"id": str(user_id), "username": username, "email": email, "role": role}))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return mask_url(text.splitlines()[0][:300]) if text else ""
+
+
+def _describe_app_error(exc: Exception) -> str:
+    """`USERNAME_TAKEN: Username already taken (password: at least 8 characters)`."""
+    from yuntu.kit.errors import AppError
+
+    assert isinstance(exc, AppError)
+    text = f"{exc.spec.name}: {exc.message or exc.spec.en}"
+    if isinstance(exc.details, list):
+        parts = [
+            f"{str(d.get('field', '')).removeprefix('body.')}: {d.get('message', '')}"
+            for d in exc.details
+            if isinstance(d, dict)
+        ]
+        if parts:
+            text += f" ({'; '.join(parts)})"
+    elif exc.details:
+        text += f" ({exc.details})"
+    return text
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Query
 
-from yuntu.admin import audit, service
+from yuntu.admin import service
 from yuntu.admin.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, RoleChange, StatusChange
 from yuntu.identity import apikeys
 from yuntu.identity.deps import ClientInfo, CurrentAdmin, DbSession, Principal, require_scope
@@ -97,22 +97,16 @@ async def change_role(
 async def create_api_key(
     body: ApiKeyCreate, admin: CurrentAdmin, session: DbSession, client: ClientInfo
 ) -> Envelope[ApiKeyCreated]:
+    """The response carries the key itself in `secret`: store it now, it is never shown again
+    (the database keeps only its SHA-256). Send it as `X-API-Key`."""
     expires = now_utc() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    key, secret = await apikeys.create(
+    key, secret = await service.create_api_key(
         session,
+        admin.user,
         name=body.name,
         scopes=list(body.scopes),
-        created_by=admin.user.id,
         expires_at=expires,
-    )
-    await audit.record(
-        session,
-        actor_user_id=admin.user.id,
-        action="api_key.create",
-        target_type="api_key",
-        target_id=key.id,
         ip=client.ip,
-        after={"name": key.name, "scopes": key.scopes, "prefix": key.prefix},
     )
     out = ApiKeyOut.model_validate(key).model_dump()
     return Envelope(data=ApiKeyCreated(**out, secret=secret))
@@ -125,15 +119,11 @@ async def list_api_keys(_admin: CurrentAdmin, session: DbSession) -> Envelope[li
 
 @router.delete("/api-keys/{key_id}", summary="Revoke an API key", responses=error_responses(404))
 async def revoke_api_key(
-    key_id: Annotated[Id, Path()], admin: CurrentAdmin, session: DbSession, client: ClientInfo
+    key_id: Annotated[Id, Path(description="API key id")],
+    admin: CurrentAdmin,
+    session: DbSession,
+    client: ClientInfo,
 ) -> Envelope[ApiKeyOut]:
-    key = await apikeys.revoke(session, key_id)
-    await audit.record(
-        session,
-        actor_user_id=admin.user.id,
-        action="api_key.revoke",
-        target_type="api_key",
-        target_id=key.id,
-        ip=client.ip,
-    )
+    """Takes effect at once. Revoking an already revoked key is a no-op."""
+    key = await service.revoke_api_key(session, admin.user, key_id, client.ip)
     return Envelope(data=ApiKeyOut.model_validate(key))

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.admin import audit
+from yuntu.identity import apikeys
 from yuntu.identity.service import now_utc, revoke_user_sessions
 from yuntu.kit.errors import AppError, E
-from yuntu.models.identity import User, UserStatus
+from yuntu.models.identity import ApiKey, User, UserStatus
+
+
+def _contains(value: str) -> str:
+    """A LIKE pattern matching `value` anywhere, with the wildcards in it taken literally."""
+    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def search_statement(q: str | None, status: str | None, role: str | None) -> Select[tuple[User]]:
     stmt = select(User)
     if q:
-        pattern = (
-            "%" + q.casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        )
+        # username_key and email_key hold case-folded keys; the nickname is matched
+        # case-insensitively with lower() on both sides (PostgreSQL's LIKE is case-sensitive).
+        folded, lowered = _contains(q.casefold()), _contains(q.lower())
         stmt = stmt.where(
             or_(
-                User.username_key.like(pattern, escape="\\"),
-                User.email_key.like(pattern, escape="\\"),
-                User.phone.like(pattern, escape="\\"),
-                User.nickname.like(pattern, escape="\\"),
+                User.username_key.like(folded, escape="\\"),
+                User.email_key.like(folded, escape="\\"),
+                User.phone.like(_contains(q), escape="\\"),
+                func.lower(User.nickname).like(lowered, escape="\\"),
             )
         )
     if status:
@@ -90,3 +97,48 @@ async def set_role(session: AsyncSession, actor: User, user_id: int, role: str, 
         after={"role": role},
     )
     return user
+
+
+async def create_api_key(
+    session: AsyncSession,
+    actor: User,
+    *,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None,
+    ip: str,
+) -> tuple[ApiKey, str]:
+    """(key, secret). The secret exists only in this return value; the audit log gets the
+    prefix."""
+    key, secret = await apikeys.create(
+        session, name=name, scopes=scopes, created_by=actor.id, expires_at=expires_at
+    )
+    await audit.record(
+        session,
+        actor_user_id=actor.id,
+        action="api_key.create",
+        target_type="api_key",
+        target_id=key.id,
+        ip=ip,
+        after={"name": key.name, "scopes": key.scopes, "prefix": key.prefix},
+    )
+    return key, secret
+
+
+async def revoke_api_key(session: AsyncSession, actor: User, key_id: int, ip: str) -> ApiKey:
+    """Idempotent: revoking a revoked key changes nothing and is not audited again."""
+    key = await apikeys.get(session, key_id)
+    if key.revoked_at is not None:
+        return key
+    await apikeys.revoke(session, key)
+    await audit.record(
+        session,
+        actor_user_id=actor.id,
+        action="api_key.revoke",
+        target_type="api_key",
+        target_id=key.id,
+        ip=ip,
+        before={"revoked_at": None},
+        after={"revoked_at": key.revoked_at.isoformat() if key.revoked_at else None},
+    )
+    return key

@@ -79,10 +79,14 @@ async def list_keys(session: AsyncSession) -> list[ApiKey]:
     return list((await session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc()))).all())
 
 
-async def revoke(session: AsyncSession, key_id: int) -> ApiKey:
+async def get(session: AsyncSession, key_id: int) -> ApiKey:
     key = await session.get(ApiKey, key_id)
     if key is None:
         raise AppError(E.NOT_FOUND)
+    return key
+
+
+async def revoke(session: AsyncSession, key: ApiKey) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
     await session.flush()
