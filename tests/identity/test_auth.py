@@ -429,3 +429,10 @@ async def test_successful_login_records_session_metadata(client, app):
     assert count == 2 and "YuntuClient/2.0" in agents
     assert last_login is not None and last_login.tzinfo is not None
     assert abs(last_login.timestamp() - time.time()) < 60
+
+
+async def test_refresh_after_logout_says_session_revoked(client):
+    tokens = await register(client, "rita")
+    await client.post(f"{API}/auth/logout", json={}, headers=bearer(tokens))
+    response = await client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert response.status_code == 401 and response.json()["error"] == "SESSION_REVOKED"

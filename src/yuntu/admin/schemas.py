@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from yuntu.identity.apikeys import Scope
 from yuntu.kit.schemas import Id, Schema, UtcDatetime
 from yuntu.kit.text import line
 
@@ -26,9 +27,7 @@ class ApiKeyCreate(BaseModel):
         json_schema_extra={"examples": [{"name": "ci uploader", "scopes": ["packages:read"]}]},
     )
     name: Annotated[str, line(100, 1)]
-    scopes: list[Literal["users:read", "users:write", "packages:read", "packages:admin"]] = Field(
-        default_factory=list, max_length=20
-    )
+    scopes: list[Scope] = Field(default_factory=list, max_length=20)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 

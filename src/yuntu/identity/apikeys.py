@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.identity.tokens import constant_time_equals, sha256_hex
@@ -14,7 +15,8 @@ from yuntu.models.identity import ApiKey
 
 KEY_PREFIX = "yk_"
 # Scopes a key may carry; domains add theirs here as they arrive.
-KNOWN_SCOPES = frozenset({"users:read", "users:write", "packages:read", "packages:admin"})
+Scope = Literal["users:read", "users:write", "packages:read", "packages:admin"]
+KNOWN_SCOPES: frozenset[str] = frozenset(get_args(Scope))
 # last_used_at is written at most this often per key, so hot keys do not write on every call.
 _TOUCH_INTERVAL_SECONDS = 60
 
@@ -55,6 +57,7 @@ async def create(
 
 
 async def authenticate(session: AsyncSession, presented: str) -> ApiKey:
+    """The live key behind `presented`. Does not write: see `touch`."""
     if not presented.startswith(KEY_PREFIX) or len(presented) > 200:
         raise AppError(E.API_KEY_INVALID)
     digest = sha256_hex(presented)
@@ -67,12 +70,20 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiKey:
         or (key.expires_at and key.expires_at <= now)
     ):
         raise AppError(E.API_KEY_INVALID)
-    if (
-        key.last_used_at is None
-        or (now - key.last_used_at).total_seconds() > _TOUCH_INTERVAL_SECONDS
-    ):
-        key.last_used_at = now
     return key
+
+
+def needs_touch(key: ApiKey) -> bool:
+    last = key.last_used_at
+    return last is None or (datetime.now(UTC) - last).total_seconds() > _TOUCH_INTERVAL_SECONDS
+
+
+async def touch(session: AsyncSession, key_id: int) -> None:
+    """Record use. Runs in its own short write transaction, so read-only requests stay
+    read-only and a failed request still counts as a use."""
+    await session.execute(
+        update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=datetime.now(UTC))
+    )
 
 
 async def list_keys(session: AsyncSession) -> list[ApiKey]:

@@ -14,7 +14,7 @@ from yuntu.identity import apikeys
 from yuntu.identity.service import AuthRuntime, Client
 from yuntu.kit.clientip import client_address
 from yuntu.kit.errors import AppError, E
-from yuntu.kit.http import get_db_session
+from yuntu.kit.http import get_db_session, is_read_only
 from yuntu.models.identity import ApiKey, AuthSession, User, UserRole, UserStatus
 
 bearer_scheme = HTTPBearer(auto_error=False, description="Access token from /auth/login")
@@ -124,6 +124,14 @@ async def current_principal(
         return Principal(user=auth.user, session_id=auth.session_id)
     if api_key:
         key = await apikeys.authenticate(session, api_key)
+        if apikeys.needs_touch(key):
+            if is_read_only(request):
+                # A read session must not write (SQLite); a short write transaction of its own.
+                async with request.app.state.db.transaction() as write_session:
+                    await apikeys.touch(write_session, key.id)
+            else:
+                # The request already holds the write lock on SQLite: write in the same session.
+                await apikeys.touch(session, key.id)
         request.scope.setdefault("state", {})["user_id"] = f"key:{key.id}"
         return Principal(api_key=key, scopes=frozenset(key.scopes))
     raise AppError(E.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})

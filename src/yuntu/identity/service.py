@@ -331,7 +331,10 @@ async def refresh(
     )
     auth_session = await session.get_one(AuthSession, row.session_id)
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        # A rotated (or revoked) token came back: assume it was stolen, kill the whole family.
+        await session.refresh(row)
+        if row.superseded_at is None:  # revoked by logout or suspension, never rotated
+            raise AppError(E.SESSION_REVOKED)
+        # A rotated token came back: assume it was stolen, kill the whole family.
         await revoke_family(session, auth_session, "reuse_detected", now)
         raise AppError(E.TOKEN_REUSED, commit=True)
     if auth_session.revoked_at is not None or auth_session.expires_at <= now:

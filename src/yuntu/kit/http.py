@@ -40,6 +40,10 @@ def writes(endpoint: F) -> F:
     return endpoint
 
 
+def is_read_only(request: Request) -> bool:
+    return bool(request.scope.get(_READ_ONLY_KEY))
+
+
 def get_db_session(request: Request) -> AsyncSession:
     """The request's session, opened lazily; TransactionalRoute commits or rolls it back.
     GET and HEAD routes get a read session (on SQLite it does not take the write lock)."""
