@@ -11,6 +11,10 @@ from yuntu.kit.errors import AppError, E
 
 _USERNAME = re.compile(r"^[\w.\-]{3,32}$")
 _PHONE = re.compile(r"^\+?[0-9]{5,15}$")
+# Column widths of users.username_key and users.email_key. Case folding can lengthen a string
+# ('ΐ' folds to three code points), so the unique key is checked against them, not only the input.
+USERNAME_KEY_MAX = 64
+EMAIL_KEY_MAX = 254
 
 
 def invalid(field: str, message: str) -> AppError:
@@ -24,7 +28,10 @@ def normalize_username(raw: str) -> tuple[str, str]:
         raise invalid("username", "3-32 letters, digits, '_', '.' or '-'")
     if name.isdigit():
         raise invalid("username", "must not be only digits")
-    return name, name.casefold()
+    key = name.casefold()
+    if len(key) > USERNAME_KEY_MAX:
+        raise invalid("username", "too long")
+    return name, key
 
 
 def normalize_email(raw: str) -> tuple[str, str]:
@@ -32,7 +39,10 @@ def normalize_email(raw: str) -> tuple[str, str]:
         result = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise invalid("email", str(exc)[:200]) from None
-    return result.normalized, result.normalized.casefold()
+    key = result.normalized.casefold()
+    if len(key) > EMAIL_KEY_MAX or len(result.normalized) > EMAIL_KEY_MAX:
+        raise invalid("email", "The email address is too long")
+    return result.normalized, key
 
 
 def normalize_phone(raw: str) -> str:

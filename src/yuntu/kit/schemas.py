@@ -37,7 +37,8 @@ Id = Annotated[
     Field(ge=1, le=MAX_ID),
     PlainSerializer(lambda v: str(v), return_type=str, when_used="json"),
     WithJsonSchema(
-        {"type": "string", "pattern": "^[0-9]{1,19}$", "examples": ["7262149437321216"]}
+        # 1 and up, as validated (0 is not an id); the upper bound is MAX_ID, checked on input.
+        {"type": "string", "pattern": "^[1-9][0-9]{0,18}$", "examples": ["7262149437321216"]}
     ),
 ]
 

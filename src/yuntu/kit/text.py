@@ -9,12 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from annotated_types import GroupedMetadata
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
 # C0 controls (NUL included: PostgreSQL refuses it in text), DEL and C1 controls, plus bidi
 # overrides that can disguise names. Tab and newline are allowed only in multi-line text.
 _FORBIDDEN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _nfc(value: object) -> object:
+    # Runs before the length check: NFC can lengthen a string (U+FB2C becomes three code points)
+    # and the bound must hold for the stored form (PostgreSQL refuses an over-long VARCHAR).
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
 def clean_line(value: str) -> str:
@@ -48,6 +54,7 @@ class _Constrained(GroupedMetadata):
         yield StringConstraints(
             strip_whitespace=self.strip, min_length=self.min_length, max_length=self.max_length
         )
+        yield BeforeValidator(_nfc)
         yield AfterValidator(clean_line if self.single_line else clean_text)
 
 
