@@ -95,6 +95,7 @@ def make_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
         "secret_key": TEST_SECRET,
         "auto_migrate": False,
         "log_level": "WARNING",
+        "workers": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

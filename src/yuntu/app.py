@@ -10,16 +10,20 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from yuntu import __version__
 from yuntu.admin.endpoints import router as admin_router
+from yuntu.events.endpoints import router as events_router
 from yuntu.identity.endpoints import router as identity_router
 from yuntu.identity.service import AuthRuntime
 from yuntu.identity.tokens import TokenCodec
 from yuntu.identity.wechat import WechatClient
 from yuntu.identity.wechat_endpoints import router as wechat_router
+from yuntu.jobs.endpoints import router as jobs_router
+from yuntu.jobs.runtime import build_worker
 from yuntu.kit import ids
 from yuntu.kit.db import Database
 from yuntu.kit.http import RequestContextMiddleware, install_error_handlers
 from yuntu.kit.logging import configure_logging, get_logger
 from yuntu.kit.metrics import Metrics
+from yuntu.kit.pubsub import create_pubsub
 from yuntu.kit.ratelimit import RateLimiter
 from yuntu.ops.endpoints import router as ops_router
 from yuntu.settings import Settings
@@ -53,10 +57,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter=app.state.limiter,
         )
         app.state.wechat = WechatClient(settings) if settings.wechat_enabled else None
+        app.state.bus = create_pubsub(
+            settings.redis_url.get_secret_value() if settings.redis_url else None
+        )
+        await app.state.bus.start()
+        app.state.db.bus = app.state.bus
+        app.state.worker = None
+        if settings.workers > 0 and getattr(app.state, "run_workers", True):
+            app.state.worker = build_worker(app.state.db, app.state.bus, settings)
+            await app.state.worker.start()
         log.info("started", version=__version__, env=settings.env, dialect=app.state.db.dialect)
         try:
             yield
         finally:
+            if app.state.worker is not None:
+                await app.state.worker.stop()
+            await app.state.bus.stop()
             if app.state.wechat is not None:
                 await app.state.wechat.aclose()
             await app.state.db.dispose()
@@ -77,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(identity_router, prefix=API_PREFIX)
     app.include_router(wechat_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
+    app.include_router(jobs_router, prefix=API_PREFIX)
+    app.include_router(events_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

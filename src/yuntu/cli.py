@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from yuntu import __version__
+from yuntu.jobs.cli import jobs_app, worker_command
 from yuntu.settings import ConfigError, Settings, mask_url
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 admin_app = typer.Typer(help="Administrative tasks.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _settings(*, check_secret: bool = False) -> Settings:
@@ -101,6 +103,19 @@ def serve(
         proxy_headers=False,
         server_header=False,
     )
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues (default: default)")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=256, help="Jobs run at once")
+    ] = None,
+) -> None:
+    """Run a job worker (distributed mode: next to `yuntu serve --no-worker`)."""
+    worker_command(_settings(), queues, concurrency)
 
 
 @db_app.command("upgrade")

@@ -76,6 +76,22 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    workers: int = Field(
+        default=4,
+        ge=0,
+        le=256,
+        description="Jobs run concurrently by the in-process worker of `yuntu serve` (0: none)",
+    )
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Python modules imported at start-up to register extra job handlers",
+    )
+    worker_lease_seconds: float = Field(default=30.0, ge=1.0)
+    worker_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    worker_shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
+    cron_max_lateness_seconds: float = Field(default=300.0, ge=1.0)
+    ws_auth_timeout_seconds: float = Field(default=5.0, gt=0)
+
     wechat_app_id: str | None = None
     wechat_app_secret: SecretStr | None = None
     wechat_redirect_uri: str | None = None
@@ -84,7 +100,7 @@ class Settings(BaseSettings):
     wechat_session_ttl_seconds: int = Field(default=300, ge=30)
     wechat_timeout_seconds: float = Field(default=10.0, gt=0)
 
-    @field_validator("trusted_proxies", "cors_origins", mode="before")
+    @field_validator("trusted_proxies", "cors_origins", "plugins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

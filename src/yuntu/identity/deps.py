@@ -7,15 +7,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from yuntu.identity import apikeys
+from yuntu.identity import apikeys, service
 from yuntu.identity.service import AuthRuntime, Client
 from yuntu.kit.clientip import client_address
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.http import get_db_session, is_read_only
-from yuntu.models.identity import ApiKey, AuthSession, User, UserRole, UserStatus
+from yuntu.models.identity import ApiKey, User, UserRole
 
 bearer_scheme = HTTPBearer(auto_error=False, description="Access token from /auth/login")
 api_key_scheme = APIKeyHeader(
@@ -70,21 +69,7 @@ class Principal:
 async def _user_from_bearer(
     request: Request, session: AsyncSession, rt: AuthRuntime, token: str
 ) -> AuthUser:
-    claims = rt.codec.decode_access(token)
-    row = (
-        await session.execute(
-            select(User, AuthSession.revoked_at)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
-        )
-    ).first()
-    if row is None:
-        raise AppError(E.TOKEN_INVALID)
-    user, revoked_at = row
-    if revoked_at is not None:
-        raise AppError(E.SESSION_REVOKED)
-    if user.status != UserStatus.ACTIVE:
-        raise AppError(E.ACCOUNT_DISABLED)
+    user, claims = await service.authenticate_access(session, rt, token)
     request.scope.setdefault("state", {})["user_id"] = str(user.id)
     return AuthUser(user=user, session_id=claims.session_id)
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.identity import passwords
-from yuntu.identity.tokens import TokenCodec, sha256_hex
+from yuntu.identity.tokens import AccessClaims, TokenCodec, sha256_hex
 from yuntu.identity.validation import (
     identifier_kind,
     invalid,
@@ -422,6 +422,28 @@ async def revoke_session(session: AsyncSession, user_id: int, session_id: int) -
     if auth_session is None or auth_session.user_id != user_id or auth_session.revoked_at:
         raise AppError(E.NOT_FOUND)
     await revoke_family(session, auth_session, "user_revoked")
+
+
+async def authenticate_access(
+    session: AsyncSession, rt: AuthRuntime, token: str
+) -> tuple[User, AccessClaims]:
+    """The active user behind an access token whose session is still alive."""
+    claims = rt.codec.decode_access(token)
+    row = (
+        await session.execute(
+            select(User, AuthSession.revoked_at)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
+        )
+    ).first()
+    if row is None:
+        raise AppError(E.TOKEN_INVALID)
+    user, revoked_at = row
+    if revoked_at is not None:
+        raise AppError(E.SESSION_REVOKED)
+    if user.status != UserStatus.ACTIVE:
+        raise AppError(E.ACCOUNT_DISABLED)
+    return user, claims
 
 
 # ---- profile -----------------------------------------------------------------------------------

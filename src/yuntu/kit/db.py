@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from yuntu.kit.ids import new_id
@@ -108,13 +109,48 @@ def create_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> AsyncE
     return create_async_engine(url, **kwargs)
 
 
+_AFTER_COMMIT = "yuntu_after_commit"
+_DATABASE = "yuntu_database"
+
+
+def on_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's transaction commits (dropped on rollback): how work
+    is announced only after it is durable (job wake-ups, live events)."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    sync.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            callback()
+        except Exception:  # an announcement must never undo or fail a committed transaction
+            logging.getLogger("yuntu.db").exception("after-commit callback failed")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+def database_of(session: AsyncSession | Session) -> Database:
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    return sync.info[_DATABASE]  # type: ignore[no-any-return]
+
+
 class Database:
     """Owns the engine and the session factory for one process."""
 
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine = create_engine(url, **engine_kwargs)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Process-wide collaborators that services reach through their session (database_of):
+        # the live-event bus and the job wake-up, set by the app or worker that owns this.
+        self.bus: Any = None
+        self.job_waker: Any = None
+        info = {_DATABASE: self}
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         # Sessions for requests that only read. On SQLite they must not write: the harness gives
         # them to GET/HEAD routes unless a route is marked with kit.http.writes.
         self.read_engine = (
@@ -122,7 +158,9 @@ class Database:
             if self.engine.dialect.name == "sqlite"
             else self.engine
         )
-        self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self.read_sessionmaker = async_sessionmaker(
+            self.read_engine, expire_on_commit=False, info=info
+        )
 
     @property
     def dialect(self) -> str:

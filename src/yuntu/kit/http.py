@@ -64,7 +64,7 @@ class TransactionalRoute(APIRoute):
         handler = super().get_route_handler()
         read_only = (
             bool(self.methods)
-            and self.methods <= _READ_METHODS
+            and set(self.methods or ()) <= _READ_METHODS
             and not getattr(self.endpoint, "yuntu_writes", False)
         )
 

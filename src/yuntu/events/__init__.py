@@ -1,0 +1,1 @@
+"""Live events: the WebSocket endpoint over the pub/sub bus."""

@@ -1,0 +1,145 @@
+"""One WebSocket connection: authenticate with the access token, then forward the user's
+events, filtered by the jobs the client subscribed to.
+
+Close codes: 4001 not authenticated (no, forged, expired or revoked token; sent also when the
+token expires on an open connection), 1001 server shutting down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from yuntu.identity import service as identity
+from yuntu.jobs import events
+from yuntu.jobs import service as jobs
+from yuntu.kit.errors import AppError, E
+from yuntu.kit.logging import get_logger
+from yuntu.models.identity import User
+
+log = get_logger("yuntu.ws")
+CLOSE_UNAUTHENTICATED = 4001
+MAX_MESSAGE_BYTES = 4096
+
+
+def _error(name: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "data": {"error": name, "message": message}}
+
+
+async def _authenticate(ws: WebSocket, wait_seconds: float) -> tuple[User, datetime] | None:
+    token = ws.query_params.get("token")
+    if not token:
+        try:
+            raw = await asyncio.wait_for(ws.receive_text(), wait_seconds)
+            first = json.loads(raw) if len(raw) <= MAX_MESSAGE_BYTES else {}
+        except (TimeoutError, ValueError, KeyError, WebSocketDisconnect):
+            first = {}
+        if isinstance(first, dict) and first.get("type") == "auth":
+            token = first.get("token")
+    if not isinstance(token, str) or not token:
+        await ws.send_json(_error("UNAUTHENTICATED", "send the access token first"))
+        await ws.close(CLOSE_UNAUTHENTICATED)
+        return None
+    app = ws.app
+    try:
+        async with app.state.db.read_sessionmaker() as session:
+            user, claims = await identity.authenticate_access(session, app.state.auth, token)
+    except AppError as exc:
+        await ws.send_json(_error(exc.spec.name, exc.spec.en))
+        await ws.close(CLOSE_UNAUTHENTICATED)
+        return None
+    return user, claims.expires_at
+
+
+async def serve(ws: WebSocket) -> None:
+    await ws.accept()
+    settings = ws.app.state.settings
+    authenticated = await _authenticate(ws, settings.ws_auth_timeout_seconds)
+    if authenticated is None:
+        return
+    user, expires_at = authenticated
+    bus = ws.app.state.bus
+    subscription = bus.subscribe(events.user_channel(user.id))
+    only_jobs: set[str] = set()
+    await ws.send_json(
+        {
+            "type": "connected",
+            "data": {
+                "user_id": str(user.id),
+                "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+            },
+        }
+    )
+
+    async def forward() -> None:
+        while True:
+            event = await subscription.get()
+            job_id = event.get("data", {}).get("job_id")
+            if only_jobs and job_id not in only_jobs:
+                continue
+            await ws.send_json(event)
+
+    async def expire() -> None:
+        await asyncio.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()))
+        await ws.send_json(_error(E.TOKEN_EXPIRED.name, "access token expired; reconnect"))
+        await ws.close(CLOSE_UNAUTHENTICATED)
+
+    async def receive() -> None:
+        while True:
+            raw = await ws.receive_text()
+            reply = await _handle(ws, user, raw, only_jobs)
+            if reply is not None:
+                await ws.send_json(reply)
+
+    tasks = [asyncio.create_task(coro) for coro in (forward(), expire(), receive())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        subscription.close()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if ws.application_state == WebSocketState.CONNECTED and (
+            ws.client_state == WebSocketState.CONNECTED
+        ):
+            with contextlib.suppress(Exception):
+                await ws.close(1000)
+
+
+async def _handle(
+    ws: WebSocket, user: User, raw: str, only_jobs: set[str]
+) -> dict[str, Any] | None:
+    """One client message. Malformed ones get an error reply and change nothing."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return _error("PAYLOAD_TOO_LARGE", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return _error("MALFORMED_JSON", "messages are JSON objects")
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return _error("VALIDATION_ERROR", 'messages look like {"type": "ping"}')
+    kind = message["type"]
+    if kind == "ping":
+        return {"type": "pong", "data": {"ts": datetime.now(UTC).isoformat()}}
+    if kind in ("subscribe", "unsubscribe"):
+        job_id = message.get("job_id")
+        if not isinstance(job_id, str | int) or not str(job_id).isdigit() or len(str(job_id)) > 19:
+            return _error("VALIDATION_ERROR", "job_id must be a job id string")
+        job_id = str(job_id)
+        if kind == "unsubscribe":
+            only_jobs.discard(job_id)
+            return {"type": "unsubscribed", "data": {"job_id": job_id}}
+        try:
+            async with ws.app.state.db.read_sessionmaker() as session:
+                await jobs.get(session, int(job_id), owner_user_id=user.id)
+        except AppError:
+            return _error("NOT_FOUND", "no such job")  # another user's job looks missing too
+        only_jobs.add(job_id)
+        return {"type": "subscribed", "data": {"job_id": job_id}}
+    return _error("UNKNOWN_MESSAGE", f"unknown message type {kind[:40]!r}")

@@ -1,0 +1,1 @@
+"""Durable jobs in the application database: enqueue, claim, lease, retry, cron, workers."""
