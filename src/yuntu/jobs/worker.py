@@ -75,6 +75,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._pg_listener: Any = None
+        self._outcomes: list[tuple[JobContext, dict[str, Any], str | None, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -335,41 +337,75 @@ class Worker:
     async def _finish(
         self, ctx: JobContext, values: dict[str, Any], note: str | None = None
     ) -> bool:
-        job = ctx.job
+        """Record an attempt's outcome (fenced). Outcomes are written in batches: one
+        transaction, hence one commit, for every outcome that is ready at the same time."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((ctx, values, note, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_outcomes())
+        return await future
+
+    async def _flush_outcomes(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                written = await self._write_outcomes(batch)
+            except Exception as exc:
+                for *_rest, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (ctx, values, _note, future), ok in zip(batch, written, strict=True):
+                if ok:
+                    job = ctx.job
+                    await events.publish(
+                        self.bus,
+                        job.owner_user_id,
+                        events.message(
+                            "task.status",
+                            job.id,
+                            job.kind,
+                            status=str(values["status"]),
+                            progress=values.get("progress"),
+                            error=values.get("last_error"),
+                        ),
+                    )
+                future.set_result(ok)
+
+    async def _write_outcomes(
+        self, batch: list[tuple[JobContext, dict[str, Any], str | None, Any]]
+    ) -> list[bool]:
+        written = []
+        requeued: set[str] = set()
         async with self.db.transaction() as session:
-            result = await session.execute(
-                update(Job)
-                .where(*ctx.fence())
-                .values(**values, lease_expires_at=None, updated_at=now_utc())
-                .execution_options(synchronize_session=False)
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                log.warning("lease_lost_at_finish", job_id=str(job.id), attempt=job.attempt)
-                return False
-            if note:
-                level = (
-                    "info"
-                    if values["status"] in (JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.QUEUED)
-                    else "error"
+            for ctx, values, note, _future in batch:
+                job = ctx.job
+                result = await session.execute(
+                    update(Job)
+                    .where(*ctx.fence())
+                    .values(**values, lease_expires_at=None, updated_at=now_utc())
+                    .execution_options(synchronize_session=False)
                 )
-                session.add(
-                    JobLog(job_id=job.id, attempt=job.attempt, level=level, message=note[:10_000])
-                )
-            if values["status"] == JobStatus.QUEUED:
-                await service.announce_in(session, job.queue)
-        await events.publish(
-            self.bus,
-            job.owner_user_id,
-            events.message(
-                "task.status",
-                job.id,
-                job.kind,
-                status=str(values["status"]),
-                progress=values.get("progress"),
-                error=values.get("last_error"),
-            ),
-        )
-        return True
+                if not result.rowcount:  # type: ignore[attr-defined]
+                    log.warning("lease_lost_at_finish", job_id=str(job.id), attempt=job.attempt)
+                    written.append(False)
+                    continue
+                written.append(True)
+                if note:
+                    quiet = (JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.QUEUED)
+                    session.add(
+                        JobLog(
+                            job_id=job.id,
+                            attempt=job.attempt,
+                            level="info" if values["status"] in quiet else "error",
+                            message=note[:10_000],
+                        )
+                    )
+                if values["status"] == JobStatus.QUEUED:
+                    requeued.add(job.queue)
+            for queue in requeued:
+                await service.announce_in(session, queue)
+        return written
 
     async def _heartbeat(self, ctx: JobContext) -> None:
         interval = self.lease.total_seconds() / 3
