@@ -434,5 +434,7 @@ async def test_successful_login_records_session_metadata(client, app):
 async def test_refresh_after_logout_says_session_revoked(client):
     tokens = await register(client, "rita")
     await client.post(f"{API}/auth/logout", json={}, headers=bearer(tokens))
-    response = await client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    response = await client.post(
+        f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
     assert response.status_code == 401 and response.json()["error"] == "SESSION_REVOKED"

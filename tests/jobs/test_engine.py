@@ -105,7 +105,7 @@ async def test_owner_receives_status_progress_and_log_events(db, make_worker, ap
     await asyncio.sleep(0.05)
     received = []
     while not subscription.queue.empty():
-        received.append(subscription.queue.get_nowait())
+        received.append(subscription.queue.get_nowait()[0])
     kinds = [event["type"] for event in received]
     assert "task.progress" in kinds and "task.log" in kinds
     statuses = [e["data"]["status"] for e in received if e["type"] == "task.status"]

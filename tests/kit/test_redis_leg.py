@@ -50,11 +50,13 @@ async def test_login_throttle_is_shared_between_instances(tmp_path, db_url, redi
         async with await _client(first) as one, await _client(second) as two:
             for index in range(10):
                 target = one if index % 2 else two
-                response = await target.post(f"{API}/auth/login",
-                                             json={"username": "victim", "password": "guess-123x"})
+                response = await target.post(
+                    f"{API}/auth/login", json={"username": "victim", "password": "guess-123x"}
+                )
                 assert response.status_code == 401
-            blocked = await one.post(f"{API}/auth/login",
-                                     json={"username": "victim", "password": "guess-123x"})
+            blocked = await one.post(
+                f"{API}/auth/login", json={"username": "victim", "password": "guess-123x"}
+            )
             assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1
             health = (await two.get("/health")).json()["data"]
             assert health["components"]["redis"]["status"] == "ok"
@@ -66,9 +68,8 @@ async def test_health_is_503_when_redis_is_down(tmp_path, db_url):
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
     app = create_app(make_settings(tmp_path, db_url, redis_url=f"redis://127.0.0.1:{dead_port}/0"))
-    async with LifespanManager(app):
-        async with await _client(app) as client:
-            response = await client.get("/health")
+    async with LifespanManager(app), await _client(app) as client:
+        response = await client.get("/health")
     assert response.status_code == 503
     body = response.json()
     assert body["data"]["status"] == "down"
@@ -79,8 +80,7 @@ async def test_health_is_503_when_redis_is_down(tmp_path, db_url):
 async def test_health_is_503_when_the_database_is_down(tmp_path):
     missing = tmp_path / "no" / "such" / "dir" / "db.sqlite"
     app = create_app(make_settings(tmp_path, f"sqlite+aiosqlite:///{missing}"))
-    async with LifespanManager(app):
-        async with await _client(app) as client:
-            response = await client.get("/health")
+    async with LifespanManager(app), await _client(app) as client:
+        response = await client.get("/health")
     assert response.status_code == 503
     assert response.json()["data"]["components"]["database"]["status"] == "down"

@@ -77,11 +77,10 @@ async def serve(ws: WebSocket) -> None:
 
     async def forward() -> None:
         while True:
-            event = await subscription.get()
-            job_id = event.get("data", {}).get("job_id")
-            if only_jobs and job_id not in only_jobs:
+            event, text = await subscription.get_with_text()
+            if only_jobs and event.get("data", {}).get("job_id") not in only_jobs:
                 continue
-            await ws.send_json(event)
+            await ws.send_text(text)
 
     async def expire() -> None:
         await asyncio.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()))

@@ -27,7 +27,8 @@ class Subscription:
     def __init__(self, bus: PubSub, channels: set[str]) -> None:
         self._bus = bus
         self.channels: set[str] = set()
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        # (event, its JSON text): serialized once per publish, not once per connection
+        self.queue: asyncio.Queue[tuple[dict[str, Any], str]] = asyncio.Queue(QUEUE_LIMIT)
         self.dropped = 0
         self.closed = False
         for channel in channels:
@@ -41,13 +42,16 @@ class Subscription:
         self.channels.discard(channel)
         self._bus._subscribers[channel].discard(self)
 
-    def deliver(self, message: dict[str, Any]) -> None:
+    def deliver(self, message: dict[str, Any], text: str) -> None:
         if self.queue.full():
             self.queue.get_nowait()
             self.dropped += 1
-        self.queue.put_nowait(message)
+        self.queue.put_nowait((message, text))
 
     async def get(self) -> dict[str, Any]:
+        return (await self.queue.get())[0]
+
+    async def get_with_text(self) -> tuple[dict[str, Any], str]:
         return await self.queue.get()
 
     def close(self) -> None:
@@ -57,7 +61,7 @@ class Subscription:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         while not self.closed:
-            yield await self.queue.get()
+            yield (await self.queue.get())[0]
 
 
 class PubSub:
@@ -77,9 +81,13 @@ class PubSub:
     def subscribe(self, *channels: str) -> Subscription:
         return Subscription(self, set(channels))
 
-    def _dispatch(self, channel: str, message: dict[str, Any]) -> None:
-        for subscription in list(self._subscribers.get(channel, ())):
-            subscription.deliver(message)
+    def _dispatch(self, channel: str, message: dict[str, Any], text: str | None = None) -> None:
+        subscribers = self._subscribers.get(channel)
+        if not subscribers:
+            return
+        text = text if text is not None else json.dumps(message, ensure_ascii=False)
+        for subscription in list(subscribers):
+            subscription.deliver(message, text)
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         self._dispatch(channel, message)
@@ -113,9 +121,11 @@ class RedisPubSub(PubSub):
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
+        # Never blocks start-up: with Redis down the process still serves (health says so)
+        # and the supervised listener connects when Redis comes back.
         self._listener = asyncio.create_task(self._listen())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), 5)
+            await asyncio.wait_for(self._ready.wait(), 0.5)
 
     async def stop(self) -> None:
         await super().stop()
@@ -151,11 +161,13 @@ class RedisPubSub(PubSub):
                     if item.get("type") != "pmessage":
                         continue
                     channel = str(item["channel"])[len(REDIS_PREFIX) :]
+                    if not self._subscribers.get(channel):
+                        continue
                     try:
                         message = json.loads(item["data"])
                     except ValueError:
                         continue
-                    self._dispatch(channel, message)
+                    self._dispatch(channel, message, item["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
