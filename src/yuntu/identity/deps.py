@@ -24,14 +24,14 @@ api_key_scheme = APIKeyHeader(
 DbSession = Annotated[AsyncSession, Depends(get_db_session)]
 
 
-def get_runtime(request: Request) -> AuthRuntime:
+async def get_runtime(request: Request) -> AuthRuntime:
     return request.app.state.auth
 
 
 Runtime = Annotated[AuthRuntime, Depends(get_runtime)]
 
 
-def get_client(request: Request) -> Client:
+async def get_client(request: Request) -> Client:
     settings = request.app.state.settings
     peer = request.client.host if request.client else None
     ip = client_address(

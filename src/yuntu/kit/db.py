@@ -85,23 +85,22 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _begin_deferred(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
-
-
 def create_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> AsyncEngine:
-    """`read_only` matters on SQLite only: such transactions BEGIN DEFERRED and run beside the
+    """`read_only` matters on SQLite only: such connections read in autocommit beside the
     writer under WAL; every other transaction is BEGIN IMMEDIATE."""
     # Bound parameters (password hashes, emails, tokens) must never reach a log or a traceback.
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
+        if read_only:
+            # Each read runs in SQLite's own autocommit (no BEGIN, COMMIT or reset round trips
+            # to the driver thread); a request that reads twice may see two snapshots.
+            kwargs.setdefault("pool_reset_on_return", None)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        # Writers take the lock at BEGIN, so a read-then-write transaction never fails to upgrade
-        # its lock after another writer committed (SQLite's "database is locked").
-        event.listen(
-            engine.sync_engine, "begin", _begin_deferred if read_only else _begin_immediate
-        )
+        if not read_only:
+            # Writers take the lock at BEGIN, so a read-then-write transaction never fails to
+            # upgrade its lock after another writer committed (SQLite's "database is locked").
+            event.listen(engine.sync_engine, "begin", _begin_immediate)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)

@@ -44,7 +44,7 @@ def is_read_only(request: Request) -> bool:
     return bool(request.scope.get(_READ_ONLY_KEY))
 
 
-def get_db_session(request: Request) -> AsyncSession:
+async def get_db_session(request: Request) -> AsyncSession:
     """The request's session, opened lazily; TransactionalRoute commits or rolls it back.
     GET and HEAD routes get a read session (on SQLite it does not take the write lock)."""
     session = request.scope.get(_SESSION_KEY)
@@ -89,7 +89,9 @@ async def _finish(request: Request, *, commit: bool) -> None:
     if session is None:
         return
     try:
-        if commit:
+        if request.scope.get(_READ_ONLY_KEY):
+            pass  # nothing to commit; close() returns the connection
+        elif commit:
             await session.commit()
         else:
             await session.rollback()

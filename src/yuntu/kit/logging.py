@@ -25,6 +25,19 @@ def _redact(
     return event_dict
 
 
+class _StderrLogger:
+    """Writes each rendered line to whatever sys.stderr is at that moment (daemonizers and test
+    capture replace it), without building a logger per call."""
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+_STDERR = _StderrLogger()
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -42,10 +55,8 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        # Resolve sys.stderr when a logger is made, not once at start-up, so redirections
-        # (daemonizers, test capture) are honoured.
-        logger_factory=lambda *_args: structlog.PrintLogger(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        logger_factory=lambda *_args: _STDERR,
+        cache_logger_on_first_use=False,  # tests reconfigure the level between apps
     )
 
 
