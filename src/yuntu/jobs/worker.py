@@ -99,7 +99,10 @@ class Worker:
         self._stopping.set()
         self.waker.notify()
         self._slot_freed.set()
-        for task in self._background:
+        # The loops notice _stopping at their next turn; cancelling one in the middle of a query
+        # could leave a SQLite connection holding the write lock.
+        _, late = await asyncio.wait(self._background, timeout=10)
+        for task in late:
             task.cancel()
         for task in self._background:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -179,19 +182,15 @@ class Worker:
             rows = (await session.execute(statement)).all()
         claimed = [ClaimedJob(*row) for row in rows]
         for job in claimed:
-            await events.publish(
-                self.bus,
-                job.owner_user_id,
-                events.message(
-                    "task.status",
-                    job.id,
-                    job.kind,
-                    status="running",
-                    progress=job.progress,
-                    attempt=job.attempt,
-                ),
-            )
+            await self._announce(job, "running", progress=job.progress, attempt=job.attempt)
         return claimed
+
+    async def _announce(self, job: ClaimedJob, status: str, **data: Any) -> None:
+        await events.publish(
+            self.bus,
+            job.owner_user_id,
+            events.message("task.status", job.id, job.kind, status=status, **data),
+        )
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
@@ -205,7 +204,7 @@ class Worker:
                 jobs = await self.claim(free)
             except Exception as exc:  # the database may be briefly unavailable: back off
                 log.warning("claim_failed", error=type(exc).__name__)
-                await asyncio.sleep(self.poll_interval)
+                await self._pause(self.poll_interval)
                 continue
             for job in jobs:
                 self._spawn(job)
@@ -241,7 +240,8 @@ class Worker:
             return
         handler_task: asyncio.Task[Any] = asyncio.create_task(spec.fn(ctx))
         ctx.handler_task = handler_task  # type: ignore[attr-defined]
-        heartbeat = asyncio.create_task(self._heartbeat(ctx))
+        attempt_over = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(ctx, attempt_over))
         try:
             done, _ = await asyncio.wait({handler_task}, timeout=job.timeout_seconds)
             if not done:
@@ -249,7 +249,7 @@ class Worker:
                 with contextlib.suppress(BaseException):
                     await handler_task
         finally:
-            heartbeat.cancel()
+            attempt_over.set()
             with contextlib.suppress(BaseException):
                 await heartbeat
         await self._conclude(ctx, handler_task)
@@ -357,18 +357,11 @@ class Worker:
                 continue
             for (ctx, values, _note, future), ok in zip(batch, written, strict=True):
                 if ok:
-                    job = ctx.job
-                    await events.publish(
-                        self.bus,
-                        job.owner_user_id,
-                        events.message(
-                            "task.status",
-                            job.id,
-                            job.kind,
-                            status=str(values["status"]),
-                            progress=values.get("progress"),
-                            error=values.get("last_error"),
-                        ),
+                    await self._announce(
+                        ctx.job,
+                        str(values["status"]),
+                        progress=values.get("progress"),
+                        error=values.get("last_error"),
                     )
                 future.set_result(ok)
 
@@ -407,10 +400,13 @@ class Worker:
                 await service.announce_in(session, queue)
         return written
 
-    async def _heartbeat(self, ctx: JobContext) -> None:
+    async def _heartbeat(self, ctx: JobContext, attempt_over: asyncio.Event) -> None:
         interval = self.lease.total_seconds() / 3
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(attempt_over.wait(), interval)
+            if attempt_over.is_set():
+                return
             try:
                 async with self.db.transaction() as session:
                     row = (
@@ -444,7 +440,7 @@ class Worker:
                     await service.requeue_expired_leases(session, now_utc())
             except Exception as exc:
                 log.warning("reap_failed", error=type(exc).__name__)
-            await asyncio.sleep(self.reap_interval)
+            await self._pause(self.reap_interval)
 
     async def _cron_loop(self) -> None:
         while not self._stopping.is_set():
@@ -452,4 +448,9 @@ class Worker:
                 await cron.tick(self.db, now_utc(), self.cron_max_lateness)
             except Exception as exc:
                 log.warning("cron_failed", error=type(exc).__name__)
-            await asyncio.sleep(self.cron_interval)
+            await self._pause(self.cron_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, waking early when the worker stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
