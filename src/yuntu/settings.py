@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     worker_shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
     cron_max_lateness_seconds: float = Field(default=300.0, ge=1.0)
     ws_auth_timeout_seconds: float = Field(default=5.0, gt=0)
+    ws_recheck_seconds: float = Field(
+        default=60.0, gt=0, description="How often an open WebSocket re-checks its session"
+    )
 
     wechat_app_id: str | None = None
     wechat_app_secret: SecretStr | None = None

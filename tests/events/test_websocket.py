@@ -22,6 +22,11 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
+def settings_overrides(request):
+    return getattr(request, "param", {})
+
+
+@pytest.fixture
 async def live(settings) -> AsyncIterator[tuple[str, object]]:
     app = create_app(settings)
     port = free_port()
@@ -135,6 +140,25 @@ async def test_connection_closes_when_the_token_expires(live):
         assert (await _recv(ws))["type"] == "connected"
         error = await _recv(ws, 6)
         assert error["data"]["error"] == "TOKEN_EXPIRED"
+        with pytest.raises(websockets.ConnectionClosed):
+            await _recv(ws)
+        assert ws.close_code == 4001
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ws_recheck_seconds": 0.5}], indirect=True)
+async def test_open_socket_closes_when_the_user_is_suspended(live):
+    from sqlalchemy import update
+
+    from yuntu.models.identity import User
+
+    host, app = live
+    tokens = await _register(host, "tobesuspended")
+    async with websockets.connect(f"ws://{host}/ws?token={tokens['access_token']}") as ws:
+        assert (await _recv(ws))["type"] == "connected"
+        async with app.state.db.transaction() as session:
+            await session.execute(update(User).values(status="suspended"))
+        error = await _recv(ws, 5)
+        assert error["data"]["error"] == "ACCOUNT_DISABLED"
         with pytest.raises(websockets.ConnectionClosed):
             await _recv(ws)
         assert ws.close_code == 4001

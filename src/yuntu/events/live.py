@@ -30,7 +30,7 @@ def _error(name: str, message: str) -> dict[str, Any]:
     return {"type": "error", "data": {"error": name, "message": message}}
 
 
-async def _authenticate(ws: WebSocket, wait_seconds: float) -> tuple[User, datetime] | None:
+async def _authenticate(ws: WebSocket, wait_seconds: float) -> tuple[User, datetime, str] | None:
     token = ws.query_params.get("token")
     if not token:
         try:
@@ -52,7 +52,7 @@ async def _authenticate(ws: WebSocket, wait_seconds: float) -> tuple[User, datet
         await ws.send_json(_error(exc.spec.name, exc.spec.en))
         await ws.close(CLOSE_UNAUTHENTICATED)
         return None
-    return user, claims.expires_at
+    return user, claims.expires_at, token
 
 
 async def serve(ws: WebSocket) -> None:
@@ -61,7 +61,7 @@ async def serve(ws: WebSocket) -> None:
     authenticated = await _authenticate(ws, settings.ws_auth_timeout_seconds)
     if authenticated is None:
         return
-    user, expires_at = authenticated
+    user, expires_at, token = authenticated
     bus = ws.app.state.bus
     subscription = bus.subscribe(events.user_channel(user.id))
     only_jobs: set[str] = set()
@@ -83,8 +83,22 @@ async def serve(ws: WebSocket) -> None:
             await ws.send_text(text)
 
     async def expire() -> None:
-        await asyncio.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()))
-        await ws.send_json(_error(E.TOKEN_EXPIRED.name, "access token expired; reconnect"))
+        """Close with 4001 when the token expires, or sooner when its session is revoked or
+        the user suspended (re-checked every ws_recheck_seconds)."""
+        while True:
+            left = (expires_at - datetime.now(UTC)).total_seconds()
+            if left <= 0:
+                error = _error(E.TOKEN_EXPIRED.name, "access token expired; reconnect")
+                break
+            await asyncio.sleep(min(left, settings.ws_recheck_seconds))
+            try:
+                async with ws.app.state.db.read_sessionmaker() as session:
+                    await identity.authenticate_access(session, ws.app.state.auth, token)
+            except AppError as exc:
+                if exc.spec is not E.TOKEN_EXPIRED:
+                    error = _error(exc.spec.name, exc.spec.en)
+                    break
+        await ws.send_json(error)
         await ws.close(CLOSE_UNAUTHENTICATED)
 
     async def receive() -> None:
