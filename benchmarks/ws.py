@@ -56,8 +56,9 @@ def serve_bare(port: int, channel: str) -> None:
         async for item in pubsub.listen():
             if item["type"] == "message":
                 text = item["data"].decode()
-                await asyncio.gather(*[ws.send_text(text) for ws in list(sockets)],
-                                     return_exceptions=True)
+                await asyncio.gather(
+                    *[ws.send_text(text) for ws in list(sockets)], return_exceptions=True
+                )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -81,7 +82,9 @@ def serve_bare(port: int, channel: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 
-def client_process(url: str, count: int, broadcasts: int, ready: mp.Queue, results: mp.Queue) -> None:
+def client_process(
+    url: str, count: int, broadcasts: int, ready: mp.Queue, results: mp.Queue
+) -> None:
     async def main() -> None:
         import websockets
 
@@ -90,8 +93,9 @@ def client_process(url: str, count: int, broadcasts: int, ready: mp.Queue, resul
         for index in range(count):
             for _attempt in range(5):
                 try:
-                    ws = await websockets.connect(url, open_timeout=30, ping_interval=None,
-                                                  max_queue=None)
+                    ws = await websockets.connect(
+                        url, open_timeout=30, ping_interval=None, max_queue=None
+                    )
                     break
                 except OSError:
                     await asyncio.sleep(0.5)
@@ -123,8 +127,10 @@ def measure(url: str, channel: str, connections: int, broadcasts: int, clients: 
     ready: mp.Queue = mp.Queue()
     results: mp.Queue = mp.Queue()
     share = connections // clients
-    procs = [mp.Process(target=client_process, args=(url, share, broadcasts, ready, results))
-             for _ in range(clients)]
+    procs = [
+        mp.Process(target=client_process, args=(url, share, broadcasts, ready, results))
+        for _ in range(clients)
+    ]
     for proc in procs:
         proc.start()
     connected = sum(ready.get(timeout=600) for _ in procs)
@@ -132,8 +138,9 @@ def measure(url: str, channel: str, connections: int, broadcasts: int, clients: 
     time.sleep(2)
     publisher = redis.from_url(REDIS)
     for _ in range(broadcasts):
-        publisher.publish(channel, json.dumps({"type": "notification",
-                                               "data": {"sent": time.time()}}))
+        publisher.publish(
+            channel, json.dumps({"type": "notification", "data": {"sent": time.time()}})
+        )
         time.sleep(1.5)
     latencies: list[float] = []
     for _ in procs:
@@ -164,8 +171,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--broadcasts", type=int, default=5)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--serve-bare", nargs=2, metavar=("PORT", "CHANNEL"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-bare", nargs=2, metavar=("PORT", "CHANNEL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
@@ -174,40 +182,68 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("YUNTU_")}
-        env.update({"YUNTU_DATA_DIR": tmp, "YUNTU_REDIS_URL": REDIS, "YUNTU_WORKERS": "0",
-                    "YUNTU_LOG_LEVEL": "WARNING"})
-        server = subprocess.Popen([str(script), "serve", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env.update(
+            {
+                "YUNTU_DATA_DIR": tmp,
+                "YUNTU_REDIS_URL": REDIS,
+                "YUNTU_WORKERS": "0",
+                "YUNTU_LOG_LEVEL": "WARNING",
+            }
+        )
+        server = subprocess.Popen(
+            [str(script), "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/health")
-            tokens = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/register",
-                                json={"username": "bench", "password": "bench-pass-123"}).json()
+            tokens = httpx.post(
+                f"http://127.0.0.1:{port}/api/v1/auth/register",
+                json={"username": "bench", "password": "bench-pass-123"},
+            ).json()
             user_id, token = tokens["data"]["user"]["id"], tokens["data"]["access_token"]
             print(f"yuntu serve: {args.connections} connections, {args.broadcasts} broadcasts")
-            yuntu = measure(f"ws://127.0.0.1:{port}/ws?token={token}",
-                            f"{CHANNEL_PREFIX}user:{user_id}", args.connections, args.broadcasts,
-                            args.clients)
+            yuntu = measure(
+                f"ws://127.0.0.1:{port}/ws?token={token}",
+                f"{CHANNEL_PREFIX}user:{user_id}",
+                args.connections,
+                args.broadcasts,
+                args.clients,
+            )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
         bare_port = free_port()
         channel = f"{CHANNEL_PREFIX}bare"
-        bare = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(bare_port), channel],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--serve-bare", str(bare_port), channel],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_http(f"http://127.0.0.1:{bare_port}/docs")
             print("bare FastAPI WebSocket broadcaster (baseline):")
-            baseline = measure(f"ws://127.0.0.1:{bare_port}/ws", channel, args.connections,
-                               args.broadcasts, args.clients)
+            baseline = measure(
+                f"ws://127.0.0.1:{bare_port}/ws",
+                channel,
+                args.connections,
+                args.broadcasts,
+                args.clients,
+            )
         finally:
             bare.send_signal(signal.SIGTERM)
             bare.wait(30)
     for label, values in (("yuntu", yuntu), ("baseline", baseline)):
-        print(f"{label:9} receipts={len(values):6}  p50={statistics.median(values):7.1f} ms"
-              f"  p99={percentile(values, 99):7.1f} ms")
+        print(
+            f"{label:9} receipts={len(values):6}  p50={statistics.median(values):7.1f} ms"
+            f"  p99={percentile(values, 99):7.1f} ms"
+        )
     ratio = percentile(yuntu, 99) / max(percentile(baseline, 99), 0.001)
-    print(f"p99 ratio yuntu/baseline: {ratio:.2f}   goal p99 <= 500 ms: "
-          f"{'met' if percentile(yuntu, 99) <= 500 else 'NOT met'}")
+    print(
+        f"p99 ratio yuntu/baseline: {ratio:.2f}   goal p99 <= 500 ms: "
+        f"{'met' if percentile(yuntu, 99) <= 500 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ async def people(app, client):
 async def test_admin_lists_steers_and_reads_logs(app, client, people):
     admin, alice, _bob = people
     async with app.state.db.transaction() as session:
-        job = await service.enqueue(session, "test.noop", {"n": 1},
-                                    owner_user_id=int(alice["user"]["id"]))
+        job = await service.enqueue(
+            session, "test.noop", {"n": 1}, owner_user_id=int(alice["user"]["id"])
+        )
         await service.enqueue(session, "other.kind")
     listed = await client.get(f"{API}/admin/jobs?kind=test.noop", headers=bearer(admin))
     assert listed.status_code == 200

@@ -7,15 +7,21 @@ import subprocess
 
 import pytest
 
-from tests.support.procs import env_for
 from tests.e2e.conftest import yuntu_command
+from tests.support.procs import env_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 def run(tmp_path, db_url, *args):
-    result = subprocess.run([*yuntu_command(), "jobs", *args], env=env_for(tmp_path, db_url),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*yuntu_command(), "jobs", *args],
+        env=env_for(tmp_path, db_url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result
 
 
