@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from yuntu import __version__
 from yuntu.admin.endpoints import router as admin_router
 from yuntu.events.endpoints import router as events_router
+from yuntu.identity.authcache import CHANNEL as AUTH_CHANNEL
+from yuntu.identity.authcache import AuthCache
 from yuntu.identity.endpoints import router as identity_router
 from yuntu.identity.service import AuthRuntime
 from yuntu.identity.tokens import TokenCodec
@@ -23,7 +26,7 @@ from yuntu.kit.db import Database
 from yuntu.kit.http import RequestContextMiddleware, install_error_handlers
 from yuntu.kit.logging import configure_logging, get_logger
 from yuntu.kit.metrics import Metrics
-from yuntu.kit.pubsub import create_pubsub
+from yuntu.kit.pubsub import PubSub, create_pubsub
 from yuntu.kit.ratelimit import RateLimiter
 from yuntu.ops.endpoints import router as ops_router
 from yuntu.settings import Settings
@@ -36,6 +39,16 @@ DESCRIPTION = """One backend for Yuntu Cloud, package distribution, PicKitchen a
 Every JSON answer is an envelope: `{"code": 0, "message": "success", "data": ...}` on success,
 `{"code", "message", "error", "data": null, "details"}` on error (see docs/errors.md). Ids are
 strings; times are RFC 3339 UTC."""
+
+
+async def _apply_invalidations(bus: PubSub, cache: AuthCache) -> None:
+    """Other processes' session and user changes, received over the bus."""
+    subscription = bus.subscribe(AUTH_CHANNEL)
+    try:
+        while True:
+            cache.apply(await subscription.get())
+    finally:
+        subscription.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,6 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await app.state.bus.start()
         app.state.db.bus = app.state.bus
+        invalidations = None
+        if settings.auth_cache_seconds > 0:
+            cache = AuthCache(max_age=settings.auth_cache_seconds)
+            app.state.auth.cache = app.state.db.auth_cache = cache
+            invalidations = asyncio.create_task(_apply_invalidations(app.state.bus, cache))
         app.state.worker = None
         if settings.workers > 0 and getattr(app.state, "run_workers", True):
             app.state.worker = build_worker(app.state.db, app.state.bus, settings)
@@ -72,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if app.state.worker is not None:
                 await app.state.worker.stop()
+            if invalidations is not None:
+                invalidations.cancel()
             await app.state.bus.stop()
             if app.state.wechat is not None:
                 await app.state.wechat.aclose()

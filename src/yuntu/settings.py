@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     worker_poll_interval_seconds: float = Field(default=1.0, gt=0)
     worker_shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
     cron_max_lateness_seconds: float = Field(default=300.0, ge=1.0)
+    auth_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Read-only requests may reuse a checked session this long (0: off); every "
+        "change made through the app invalidates it at once",
+    )
     ws_auth_timeout_seconds: float = Field(default=5.0, gt=0)
     ws_recheck_seconds: float = Field(
         default=60.0, gt=0, description="How often an open WebSocket re-checks its session"

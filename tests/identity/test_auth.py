@@ -438,3 +438,19 @@ async def test_refresh_after_logout_says_session_revoked(client):
         f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
     )
     assert response.status_code == 401 and response.json()["error"] == "SESSION_REVOKED"
+
+
+async def test_cached_session_is_invalidated_at_once(client, app):
+    tokens = await register(client, "cachey")
+    other = (await login(client, username="cachey")).json()["data"]
+    for pair in (tokens, other):  # warm the cache of read-only requests
+        for _ in range(2):
+            assert (await client.get(f"{API}/auth/me", headers=bearer(pair))).status_code == 200
+    assert app.state.auth.cache.get(int(tokens["session_id"]), int(tokens["user"]["id"]))
+    await client.post(f"{API}/auth/logout", json={}, headers=bearer(tokens))
+    assert (await client.get(f"{API}/auth/me", headers=bearer(tokens))).status_code == 401
+    assert (await client.get(f"{API}/auth/me", headers=bearer(other))).status_code == 200
+    # a profile change is visible at once on the next read
+    await client.put(f"{API}/users/me", json={"nickname": "Renamed"}, headers=bearer(other))
+    me = await client.get(f"{API}/auth/me", headers=bearer(other))
+    assert me.json()["data"]["nickname"] == "Renamed"

@@ -84,3 +84,29 @@ async def test_health_is_503_when_the_database_is_down(tmp_path):
         response = await client.get("/health")
     assert response.status_code == 503
     assert response.json()["data"]["components"]["database"]["status"] == "down"
+
+
+async def test_session_cache_invalidation_crosses_instances(tmp_path, db_url, redis_url):
+    import asyncio
+
+    first = create_app(make_settings(tmp_path / "a", db_url, redis_url=redis_url))
+    second = create_app(make_settings(tmp_path / "b", db_url, redis_url=redis_url))
+    async with LifespanManager(first), LifespanManager(second):
+        await first.state.limiter.reset()
+        async with await _client(first) as one, await _client(second) as two:
+            response = await one.post(
+                f"{API}/auth/register", json={"username": "crossy", "password": "correct-horse-42"}
+            )
+            tokens = response.json()["data"]
+            headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+            for _ in range(2):  # instance two caches the session
+                assert (await two.get(f"{API}/auth/me", headers=headers)).status_code == 200
+            await one.post(f"{API}/auth/logout", json={}, headers=headers)
+            status = 200
+            for _ in range(50):  # delivered over Redis within milliseconds
+                status = (await two.get(f"{API}/auth/me", headers=headers)).status_code
+                if status == 401:
+                    break
+                await asyncio.sleep(0.02)
+            assert status == 401
+        await first.state.limiter.reset()

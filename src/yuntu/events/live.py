@@ -93,7 +93,9 @@ async def serve(ws: WebSocket) -> None:
             await asyncio.sleep(min(left, settings.ws_recheck_seconds))
             try:
                 async with ws.app.state.db.read_sessionmaker() as session:
-                    await identity.authenticate_access(session, ws.app.state.auth, token)
+                    await identity.authenticate_access(
+                        session, ws.app.state.auth, token, cached=True
+                    )
             except AppError as exc:
                 if exc.spec is not E.TOKEN_EXPIRED:
                     error = _error(exc.spec.name, exc.spec.en)

@@ -69,7 +69,9 @@ class Principal:
 async def _user_from_bearer(
     request: Request, session: AsyncSession, rt: AuthRuntime, token: str
 ) -> AuthUser:
-    user, claims = await service.authenticate_access(session, rt, token)
+    user, claims = await service.authenticate_access(
+        session, rt, token, cached=is_read_only(request)
+    )
     request.scope.setdefault("state", {})["user_id"] = str(user.id)
     return AuthUser(user=user, session_id=claims.session_id)
 

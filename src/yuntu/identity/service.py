@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.identity import passwords
+from yuntu.identity.authcache import AuthCache
 from yuntu.identity.tokens import AccessClaims, TokenCodec, sha256_hex
 from yuntu.identity.validation import (
     identifier_kind,
@@ -46,6 +47,7 @@ class AuthRuntime:
     settings: Settings
     codec: TokenCodec
     limiter: RateLimiter
+    cache: AuthCache | None = None
 
 
 @dataclass(slots=True)
@@ -425,10 +427,16 @@ async def revoke_session(session: AsyncSession, user_id: int, session_id: int) -
 
 
 async def authenticate_access(
-    session: AsyncSession, rt: AuthRuntime, token: str
+    session: AsyncSession, rt: AuthRuntime, token: str, *, cached: bool = False
 ) -> tuple[User, AccessClaims]:
-    """The active user behind an access token whose session is still alive."""
+    """The active user behind an access token whose session is still alive. `cached` (read-only
+    requests only: the user may be shared between them) may answer from the session cache."""
     claims = rt.codec.decode_access(token)
+    cache = rt.cache if cached else None
+    if cache is not None:
+        hit = cache.get(claims.session_id, claims.user_id)
+        if hit is not None:
+            return hit, claims
     row = (
         await session.execute(
             select(User, AuthSession.revoked_at)
@@ -443,6 +451,8 @@ async def authenticate_access(
         raise AppError(E.SESSION_REVOKED)
     if user.status != UserStatus.ACTIVE:
         raise AppError(E.ACCOUNT_DISABLED)
+    if cache is not None:
+        cache.put(claims.session_id, user)
     return user, claims
 
 

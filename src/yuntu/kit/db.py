@@ -148,6 +148,7 @@ class Database:
         # the live-event bus and the job wake-up, set by the app or worker that owns this.
         self.bus: Any = None
         self.job_waker: Any = None
+        self.auth_cache: Any = None
         info = {_DATABASE: self}
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         # Sessions for requests that only read. On SQLite they must not write: the harness gives
