@@ -142,6 +142,21 @@ async def register(
     return response.json()["data"]
 
 
+async def make_admin(client: Any, app: Any, username: str = "root") -> dict[str, Any]:
+    """Register a user, then promote them directly in the database."""
+    from sqlalchemy import update
+
+    from yuntu.models.identity import User
+
+    tokens = await register(client, username)
+    async with app.state.db.sessionmaker() as session:
+        await session.execute(
+            update(User).where(User.id == int(tokens["user"]["id"])).values(role="admin")
+        )
+        await session.commit()
+    return tokens
+
+
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 

@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select, update
 
-from tests.conftest import API, bearer, make_settings, register
+from tests.conftest import API, bearer, make_admin, make_settings, register
 from yuntu.app import create_app
 from yuntu.identity import service as identity_service
 from yuntu.models.audit import AuditEntry
@@ -21,17 +21,6 @@ pytestmark = pytest.mark.anyio
 
 PASSWORD = "correct-horse-42"
 CLIENT_IP = "203.0.113.10"  # the peer address the `client` fixture uses
-
-
-async def make_admin(client: httpx.AsyncClient, app: FastAPI, username: str = "root") -> dict:
-    """Register a user, then promote them directly in the database."""
-    tokens = await register(client, username)
-    async with app.state.db.sessionmaker() as session:
-        await session.execute(
-            update(User).where(User.id == int(tokens["user"]["id"])).values(role="admin")
-        )
-        await session.commit()
-    return tokens
 
 
 async def login(client: httpx.AsyncClient, account: str, password: str = PASSWORD):

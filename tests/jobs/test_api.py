@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import update
 
-from tests.conftest import API, bearer, register
+from tests.conftest import API, bearer, make_admin, register
 from yuntu.jobs import service
-from yuntu.models.identity import User
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 async def people(app, client):
-    admin = await register(client, "jobadmin")
+    admin = await make_admin(client, app, "jobadmin")
     alice = await register(client, "alice")
     bob = await register(client, "bob")
-    async with app.state.db.transaction() as session:
-        await session.execute(update(User).where(User.username == "jobadmin").values(role="admin"))
     return admin, alice, bob
 
 

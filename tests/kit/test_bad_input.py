@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.conftest import API, bearer, register
+from tests.conftest import API, bearer, make_admin, register
 from yuntu.kit.http import get_db_session
 from yuntu.kit.routing import make_router
 from yuntu.models import metadata
@@ -61,16 +61,6 @@ def assert_field_errors(body: dict) -> None:
     for item in body["details"]:
         assert set(item) == {"field", "message"}
         assert isinstance(item["field"], str) and isinstance(item["message"], str)
-
-
-async def make_admin(client: httpx.AsyncClient, app: FastAPI, username: str = "root") -> dict:
-    tokens = await register(client, username)
-    async with app.state.db.sessionmaker() as session:
-        await session.execute(
-            update(User).where(User.id == int(tokens["user"]["id"])).values(role="admin")
-        )
-        await session.commit()
-    return tokens
 
 
 async def me(client: httpx.AsyncClient, tokens: dict) -> dict:
