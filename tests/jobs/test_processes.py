@@ -76,10 +76,9 @@ async def test_two_workers_drain_500_jobs_each_exactly_once(db, db_url, tmp_path
     ]
     try:
         async with db.transaction() as session:
-            ids = [
-                (await service.enqueue(session, "test.noop", {"record": str(record)})).id
-                for _ in range(500)
-            ]
+            # 20 ms per job: one worker alone would need over a second, so both must take part
+            payload = {"record": str(record), "sleep": 0.02}
+            ids = [(await service.enqueue(session, "test.noop", payload)).id for _ in range(500)]
 
         async def drained():
             async with db.sessionmaker() as session:

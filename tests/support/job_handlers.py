@@ -26,6 +26,8 @@ def _record(ctx: JobContext) -> None:
 @handler("test.noop", max_attempts=3, timeout_seconds=30)
 async def noop(ctx: JobContext) -> dict[str, Any]:
     _record(ctx)
+    if ctx.job.payload.get("sleep"):
+        await asyncio.sleep(float(ctx.job.payload["sleep"]))
     return {"ok": True}
 
 
