@@ -148,7 +148,8 @@ async def test_cancel_pause_and_resume_a_running_job(db, make_worker):
     await make_worker()
     job_id = await enqueue(db, "test.steps", {"steps": 40, "step_seconds": 0.05})
     await wait_for(db, job_id, {"running"})
-    await asyncio.sleep(0.4)
+    while (await load(db, job_id)).progress < 5:  # some work done, whatever the machine's load
+        await asyncio.sleep(0.02)
     async with db.transaction() as session:
         await service.pause(session, await service.get(session, job_id))
     paused = await wait_for(db, job_id, {"paused"})
