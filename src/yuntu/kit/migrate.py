@@ -6,7 +6,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -30,7 +29,3 @@ def revision(url: str, message: str, autogenerate: bool = True) -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-
-
-def current_revision(sync_connection: object) -> str | None:
-    return MigrationContext.configure(sync_connection).get_current_revision()  # type: ignore[arg-type]

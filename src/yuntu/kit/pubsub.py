@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 from yuntu.kit.logging import get_logger
@@ -59,10 +58,6 @@ class Subscription:
         for channel in list(self.channels):
             self.remove(channel)
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        while not self.closed:
-            yield (await self.queue.get())[0]
-
 
 class PubSub:
     """In-process bus (the embedded default)."""
@@ -102,13 +97,6 @@ class PubSub:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def healthy(self) -> bool:
-        return True
-
-    @property
-    def local_subscriptions(self) -> int:
-        return sum(len(subs) for subs in self._subscribers.values())
-
 
 class RedisPubSub(PubSub):
     def __init__(self, url: str) -> None:
@@ -140,9 +128,6 @@ class RedisPubSub(PubSub):
             await self._redis.publish(REDIS_PREFIX + channel, json.dumps(message))
         except Exception as exc:  # live events are best effort; state stays in the database
             log.warning("event_publish_failed", channel=channel, error=type(exc).__name__)
-
-    async def healthy(self) -> bool:
-        return bool(await self._redis.ping())
 
     async def _listen(self) -> None:
         """Supervised: a dropped connection is re-established with backoff. The pub/sub
