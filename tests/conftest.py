@@ -23,6 +23,7 @@ from yuntu.models import metadata
 from yuntu.settings import Settings
 
 # Test modules with async tests declare `pytestmark = pytest.mark.anyio`.
+pytest_plugins = ["tests.support.s3_fixtures"]
 PG_URL = os.environ.get("YUNTU_TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite"] + (["postgres"] if PG_URL else [])
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
