@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -30,6 +30,7 @@ from yuntu.kit.pubsub import PubSub, create_pubsub
 from yuntu.kit.ratelimit import RateLimiter
 from yuntu.ops.endpoints import router as ops_router
 from yuntu.settings import Settings
+from yuntu.storage import open_store
 
 API_PREFIX = "/api/v1"
 log = get_logger("yuntu.app")
@@ -51,6 +52,27 @@ async def _apply_invalidations(bus: PubSub, cache: AuthCache) -> None:
         subscription.close()
 
 
+def upload_body_limit(settings: Settings) -> Callable[[str], int | None]:
+    """Routes that take file bytes get a larger body limit than JSON endpoints."""
+    direct = settings.upload_direct_max_bytes + 64 * 1024  # multipart form overhead
+    part = settings.upload_max_part_bytes
+
+    def limit(path: str) -> int | None:
+        if path.endswith("/multipart/upload"):
+            return part
+        if path.endswith("/upload") and path.startswith(f"{API_PREFIX}/upload-tasks/"):
+            return direct
+        if path == f"{API_PREFIX}/files/upload":
+            return settings.upload_form_max_bytes
+        if path.endswith("/files/check"):
+            return max(settings.max_request_bytes, 64 * 1024 * 1024)
+        if path == f"{API_PREFIX}/upload-tasks":
+            return max(settings.max_request_bytes, 64 * 1024 * 1024)
+        return None
+
+    return limit
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     secret = settings.resolve_secret_key()  # refuses production with a default secret
@@ -61,6 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = Database(settings.effective_database_url)
+        app.state.db.settings = settings
+        app.state.storage = open_store(settings.effective_storage_url)
+        await app.state.storage.start()
+        app.state.db.storage = app.state.storage
         app.state.limiter = RateLimiter(settings.rate_limit_storage_url)
         app.state.auth = AuthRuntime(
             settings=settings,
@@ -95,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.bus.stop()
             if app.state.wechat is not None:
                 await app.state.wechat.aclose()
+            await app.state.storage.close()
             await app.state.db.dispose()
 
     app = FastAPI(
@@ -125,6 +152,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["ETag", "X-Request-ID", "Retry-After"],
         )
     app.add_middleware(
-        RequestContextMiddleware, max_body=settings.max_request_bytes, metrics=app.state.metrics
+        RequestContextMiddleware,
+        max_body=settings.max_request_bytes,
+        metrics=app.state.metrics,
+        body_limit_for=upload_body_limit(settings),
     )
     return app

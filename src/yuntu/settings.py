@@ -101,6 +101,48 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How often an open WebSocket re-checks its session"
     )
 
+    drive_default_quota_bytes: int | None = Field(
+        default=None, ge=0, description="Quota of a user's default drive (unset: unlimited)"
+    )
+    drive_max_versions: int = Field(
+        default=10, ge=1, le=1000, description="Versions kept per file; older ones are dropped"
+    )
+    trash_retention_days: int = Field(default=30, ge=1, description="Trash is purged after this")
+    blob_gc_grace_hours: float = Field(
+        default=24.0, ge=0, description="An unreferenced blob is deleted after this long"
+    )
+    upload_direct_max_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1, description="Largest single-request file upload"
+    )
+    upload_part_size: int = Field(
+        default=5 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=5 * 1024 * 1024 * 1024,
+        description="Default multipart part size (S3's rules: 5 MiB to 5 GiB, 10,000 parts)",
+    )
+    upload_max_part_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="Largest part a client may choose when it sends parts through the server",
+    )
+    upload_form_max_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024, ge=1, description="Largest `POST /files/upload` form"
+    )
+    upload_idle_expiry_hours: float = Field(
+        default=24.0, gt=0, description="Idle multipart uploads expire after this"
+    )
+    upload_max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per file")
+    upload_max_manifest_files: int = Field(default=100_000, ge=1)
+    instant_upload_challenge_seconds: int = Field(
+        default=300, ge=10, description="Lifetime of an instant-upload proof challenge"
+    )
+    download_url_ttl_seconds: int = Field(
+        default=3600, ge=10, description="Lifetime of signed download links"
+    )
+    max_path_bytes: int = Field(
+        default=2000, ge=255, le=2000, description="Longest folder path (UTF-8 bytes)"
+    )
+
     wechat_app_id: str | None = None
     wechat_app_secret: SecretStr | None = None
     wechat_redirect_uri: str | None = None

@@ -19,16 +19,13 @@ T = TypeVar("T")
 
 def _run(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     from yuntu.kit import ids
-    from yuntu.kit.db import Database
+    from yuntu.resources import open_database
 
     ids.configure(settings.node_id)
 
     async def main() -> T:
-        db = Database(settings.effective_database_url)
-        try:
+        async with open_database(settings) as db:
             return await work(db)
-        finally:
-            await db.dispose()
 
     return asyncio.run(main())
 

@@ -149,6 +149,8 @@ class Database:
         self.bus: Any = None
         self.job_waker: Any = None
         self.auth_cache: Any = None
+        self.storage: Any = None  # the BlobStore (yuntu.storage)
+        self.settings: Any = None
         info = {_DATABASE: self}
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         # Sessions for requests that only read. On SQLite they must not write: the harness gives

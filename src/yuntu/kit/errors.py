@@ -42,6 +42,45 @@ class E:
         "微信授权码无效或已过期",
         "WeChat authorization code is invalid or expired",
     )
+    INVALID_PATH = ErrorSpec(
+        400006, "INVALID_PATH", "文件名或路径无效", "Invalid file name or path"
+    )
+    FILE_TYPE_NOT_ALLOWED = ErrorSpec(
+        400007,
+        "FILE_TYPE_NOT_ALLOWED",
+        "该盘不允许此文件类型",
+        "File type not allowed on this drive",
+    )
+    CHECKSUM_MISMATCH = ErrorSpec(
+        400008, "CHECKSUM_MISMATCH", "文件校验失败", "Checksum does not match the declared one"
+    )
+    SIZE_MISMATCH = ErrorSpec(
+        400009, "SIZE_MISMATCH", "文件大小与声明不符", "Size does not match the declared one"
+    )
+    INVALID_PART = ErrorSpec(
+        400010, "INVALID_PART", "分片编号或大小无效", "Part number or part size is invalid"
+    )
+    PARTS_MISSING = ErrorSpec(
+        400011, "PARTS_MISSING", "分片不完整", "Some parts have not been uploaded"
+    )
+    INVALID_STATE = ErrorSpec(
+        409005, "INVALID_STATE", "当前状态不允许此操作", "Not allowed in the current state"
+    )
+    NAME_CONFLICT = ErrorSpec(
+        409006, "NAME_CONFLICT", "同名文件或文件夹已存在", "An item with this name already exists"
+    )
+    RETRY_LIMIT = ErrorSpec(
+        409007, "RETRY_LIMIT", "已达到重试次数上限", "No attempts left for this file"
+    )
+    FILE_TOO_LARGE = ErrorSpec(
+        413003, "FILE_TOO_LARGE", "文件超过允许的大小", "File is larger than allowed"
+    )
+    RANGE_NOT_SATISFIABLE = ErrorSpec(
+        416001, "RANGE_NOT_SATISFIABLE", "请求的范围无效", "Requested range not satisfiable"
+    )
+    STORAGE_FULL = ErrorSpec(
+        507001, "STORAGE_FULL", "存储空间不足", "The storage backend is out of space"
+    )
 
     UNAUTHENTICATED = ErrorSpec(401000, "UNAUTHENTICATED", "需要登录", "Authentication required")
     TOKEN_EXPIRED = ErrorSpec(401001, "TOKEN_EXPIRED", "令牌已过期", "Token expired")
@@ -106,6 +145,9 @@ class E:
 
     INTERNAL_ERROR = ErrorSpec(500001, "INTERNAL_ERROR", "服务器内部错误", "Internal server error")
     UPSTREAM_ERROR = ErrorSpec(502001, "UPSTREAM_ERROR", "上游服务出错", "Upstream service failed")
+    STORAGE_UNAVAILABLE = ErrorSpec(
+        502002, "STORAGE_UNAVAILABLE", "存储服务出错", "The storage backend failed"
+    )
     SERVICE_UNAVAILABLE = ErrorSpec(
         503001, "SERVICE_UNAVAILABLE", "服务暂不可用", "Service unavailable"
     )
@@ -122,7 +164,7 @@ CATALOGUE: tuple[ErrorSpec, ...] = tuple(
 )
 assert len({spec.code for spec in CATALOGUE}) == len(CATALOGUE), "duplicate error code"
 BY_STATUS: dict[int, ErrorSpec] = {}
-for _spec in CATALOGUE:
+for _spec in sorted(CATALOGUE, key=lambda spec: spec.code):  # the generic one: lowest code
     BY_STATUS.setdefault(_spec.status, _spec)
 
 

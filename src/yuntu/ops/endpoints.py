@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from typing import Literal
 
 from fastapi import Request, Response
@@ -52,7 +50,7 @@ async def _timed(check) -> ComponentHealth:  # type: ignore[no-untyped-def]
 )
 async def health(request: Request) -> JSONResponse:
     """Overall status, version and `{status, latency_ms}` per component: database, storage (the
-    data directory), and Redis when configured. 503 when a required one is down."""
+    blob store), and Redis when configured. 503 when a required one is down."""
     state = request.app.state
     settings = state.settings
 
@@ -61,9 +59,7 @@ async def health(request: Request) -> JSONResponse:
             await connection.execute(text("SELECT 1"))
 
     async def storage() -> None:
-        probe = settings.data_dir / f".health-{uuid.uuid4().hex}"
-        probe.write_bytes(b"ok")
-        os.unlink(probe)
+        await state.storage.check()
 
     components = {"database": await _timed(database), "storage": await _timed(storage)}
     if settings.redis_url:

@@ -81,10 +81,10 @@ class BlobStore(ABC):
     # True when clients can PUT parts straight to storage with presigned URLs.
     supports_presigned_parts: bool = False
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open clients, create directories or check the bucket."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release clients."""
 
     @abstractmethod

@@ -1,0 +1,255 @@
+"""The blobs table and its reference counts: content stored once, counted exactly.
+
+Every reference (a file version, later a render output or a package version) calls `add_ref`
+or `release_ref` in the same transaction that creates or deletes it. A blob that reaches zero
+references gets `zero_since`; the GC job deletes it after the grace period."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import case, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from yuntu.kit.db import database_of, on_commit
+from yuntu.kit.errors import AppError, E
+from yuntu.kit.logging import get_logger
+from yuntu.models.drive import Blob
+from yuntu.storage.base import BlobStore, ObjectMissing, StorageError, StorageFull
+
+log = get_logger("yuntu.blobs")
+
+
+def store_of(session: AsyncSession) -> BlobStore:
+    store = database_of(session).storage
+    if store is None:
+        raise AppError(E.FEATURE_NOT_CONFIGURED, message="blob storage is not configured")
+    return store  # type: ignore[no-any-return]
+
+
+def storage_app_error(exc: StorageError) -> AppError:
+    """The API's answer to a storage failure (never a 500, never the backend's message)."""
+    if isinstance(exc, StorageFull):
+        return AppError(E.STORAGE_FULL)
+    return AppError(E.STORAGE_UNAVAILABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedObject:
+    """Bytes written to a pending key, with the digests the server computed itself."""
+
+    key: str
+    size: int
+    md5: str
+    sha256: str
+
+
+class Hasher:
+    """MD5 and SHA-256 of a stream, updated as the bytes pass."""
+
+    __slots__ = ("md5", "sha256", "size")
+
+    def __init__(self) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.md5.update(data)
+        self.sha256.update(data)
+        self.size += len(data)
+
+
+async def ingest(
+    store: BlobStore, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+) -> StagedObject:
+    """Stream `chunks` into a pending object while hashing. Raises AppError (nothing left
+    behind) when the stream is longer than `max_bytes` or the store fails."""
+    writer = store.writer()
+    hasher = Hasher()
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            hasher.update(chunk)
+            if max_bytes is not None and hasher.size > max_bytes:
+                raise AppError(E.FILE_TOO_LARGE)
+            await writer.write(chunk)
+        key = await writer.finish()
+    except StorageError as exc:
+        await writer.abort()
+        raise storage_app_error(exc) from exc
+    except BaseException:
+        await writer.abort()
+        raise
+    return StagedObject(key, hasher.size, hasher.md5.hexdigest(), hasher.sha256.hexdigest())
+
+
+async def discard(store: BlobStore, key: str) -> None:
+    """Best-effort removal of a pending object (its owner failed or was a duplicate)."""
+    try:
+        await store.delete(key)
+    except StorageError:
+        log.warning("pending_object_not_deleted", key=key)
+
+
+async def adopt_staged(session: AsyncSession, staged: StagedObject) -> Blob:
+    """Turn a staged object into a blob holding one new reference. When identical content is
+    already stored, the staged copy is dropped (after commit) and the existing blob is used."""
+    store = store_of(session)
+    blob = await add_ref_by_sha(session, staged.sha256)
+    if blob is not None:
+        if blob.ref_count == 1 and not await _object_present(store, blob):
+            # The stored copy vanished (GC raced a failed commit, or the disk lost it): the
+            # staged bytes are the same content, so they become the stored copy again.
+            key = await _adopt(store, staged)
+            blob.storage_key = key
+            await session.flush()
+            return blob
+        on_commit(session, lambda: _discard_soon(store, staged.key))
+        return blob
+    key = await _adopt(store, staged)
+    blob = Blob(
+        sha256=staged.sha256,
+        md5=staged.md5,
+        size=staged.size,
+        storage_key=key,
+        ref_count=1,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(blob)
+    except IntegrityError:
+        # Another upload stored the same content at the same moment: count ours on theirs.
+        existing = await add_ref_by_sha(session, staged.sha256)
+        if existing is None:
+            raise
+        if existing.storage_key != key:
+            on_commit(session, lambda: _discard_soon(store, key))
+        return existing
+    return blob
+
+
+async def _adopt(store: BlobStore, staged: StagedObject) -> str:
+    try:
+        return await store.adopt(staged.key, staged.sha256)
+    except StorageError as exc:
+        await discard(store, staged.key)
+        raise storage_app_error(exc) from exc
+
+
+async def _object_present(store: BlobStore, blob: Blob) -> bool:
+    try:
+        return await store.exists(blob.storage_key)
+    except StorageError:
+        return True  # cannot tell: trust the row rather than rewrite it
+
+
+def _discard_soon(store: BlobStore, key: str) -> None:
+    import asyncio
+
+    asyncio.get_running_loop().create_task(discard(store, key))
+
+
+async def add_ref_by_sha(session: AsyncSession, sha256: str, count: int = 1) -> Blob | None:
+    """+count references on the blob with this content, or None when there is none."""
+    blob_id = await session.scalar(
+        update(Blob)
+        .where(Blob.sha256 == sha256)
+        .values(ref_count=Blob.ref_count + count, zero_since=None)
+        .returning(Blob.id)
+    )
+    if blob_id is None:
+        return None
+    return await _fresh(session, blob_id)
+
+
+async def add_ref(session: AsyncSession, blob_id: int, count: int = 1) -> None:
+    result = await session.execute(
+        update(Blob)
+        .where(Blob.id == blob_id)
+        .values(ref_count=Blob.ref_count + count, zero_since=None)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ObjectMissing(f"blob {blob_id}")
+
+
+async def release_ref(session: AsyncSession, blob_id: int, count: int = 1) -> None:
+    """-count references; at zero the blob starts its grace period before the GC deletes it."""
+    now = datetime.now(UTC)
+    remaining = Blob.ref_count - count
+    await session.execute(
+        update(Blob)
+        .where(Blob.id == blob_id)
+        .values(
+            ref_count=remaining,
+            zero_since=case((remaining <= 0, now), else_=None),
+        )
+    )
+
+
+async def release_refs(session: AsyncSession, counts: dict[int, int]) -> None:
+    for blob_id, count in counts.items():
+        if count:
+            await release_ref(session, blob_id, count)
+
+
+async def _fresh(session: AsyncSession, blob_id: int) -> Blob:
+    blob = await session.get(Blob, blob_id, populate_existing=True)
+    assert blob is not None
+    return blob
+
+
+async def get_blob(session: AsyncSession, blob_id: int) -> Blob:
+    blob = await session.get(Blob, blob_id)
+    if blob is None:
+        raise AppError(E.NOT_FOUND)
+    return blob
+
+
+async def find_by_md5_size(
+    session: AsyncSession, pairs: list[tuple[str, int]]
+) -> dict[tuple[str, int], Blob]:
+    """Stored blobs matching (md5, size) pairs, in batches (instant upload)."""
+    found: dict[tuple[str, int], Blob] = {}
+    md5s = sorted({md5 for md5, _ in pairs})
+    for start in range(0, len(md5s), 500):
+        rows = await session.scalars(select(Blob).where(Blob.md5.in_(md5s[start : start + 500])))
+        for blob in rows:
+            found.setdefault((blob.md5, blob.size), blob)
+    return {pair: found[pair] for pair in pairs if pair in found}
+
+
+async def collect_garbage(session: AsyncSession, grace: timedelta, limit: int = 500) -> int:
+    """Delete blobs unreferenced for longer than `grace`: the object first, then the row, in
+    the caller's transaction. A concurrent new reference (which clears zero_since) wins."""
+    store = store_of(session)
+    cutoff = datetime.now(UTC) - grace
+    candidates = (
+        await session.execute(
+            select(Blob.id, Blob.storage_key)
+            .where(Blob.ref_count <= 0, Blob.zero_since.is_not(None), Blob.zero_since <= cutoff)
+            .limit(limit)
+        )
+    ).all()
+    deleted = 0
+    for blob_id, key in candidates:
+        result = await session.execute(
+            delete(Blob).where(
+                Blob.id == blob_id,
+                Blob.ref_count <= 0,
+                Blob.zero_since.is_not(None),
+                Blob.zero_since <= cutoff,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        # The row is gone (and locked) in this transaction; remove the object before commit so
+        # a new upload of the same content, which waits for this row, stores it afresh.
+        await store.delete(key)
+        deleted += 1
+    return deleted
