@@ -11,6 +11,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from yuntu import __version__
 from yuntu.admin.endpoints import router as admin_router
+from yuntu.drive.download_endpoints import public_router as download_public_router
+from yuntu.drive.download_endpoints import router as download_router
+from yuntu.drive.endpoints import router as drive_router
+from yuntu.drive.item_endpoints import router as item_router
+from yuntu.drive.team_endpoints import router as team_router
 from yuntu.events.endpoints import router as events_router
 from yuntu.identity.authcache import CHANNEL as AUTH_CHANNEL
 from yuntu.identity.authcache import AuthCache
@@ -31,6 +36,8 @@ from yuntu.kit.ratelimit import RateLimiter
 from yuntu.ops.endpoints import router as ops_router
 from yuntu.settings import Settings
 from yuntu.storage import open_store
+from yuntu.uploads.task_endpoints import router as upload_task_router
+from yuntu.uploads.transfer_endpoints import router as upload_transfer_router
 
 API_PREFIX = "/api/v1"
 log = get_logger("yuntu.app")
@@ -141,6 +148,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(wechat_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(jobs_router, prefix=API_PREFIX)
+    app.include_router(drive_router, prefix=API_PREFIX)
+    app.include_router(team_router, prefix=API_PREFIX)
+    app.include_router(item_router, prefix=API_PREFIX)
+    app.include_router(upload_task_router, prefix=API_PREFIX)
+    app.include_router(upload_transfer_router, prefix=API_PREFIX)
+    app.include_router(download_router, prefix=API_PREFIX)
+    app.include_router(download_public_router)
     app.include_router(events_router)
     if settings.cors_origins:
         app.add_middleware(
