@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from yuntu import __version__
+from yuntu.drive.cli import drive_app
 from yuntu.jobs.cli import jobs_app, worker_command
 from yuntu.settings import ConfigError, Settings, mask_url
 
@@ -25,6 +26,7 @@ admin_app = typer.Typer(help="Administrative tasks.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(drive_app, name="drive")
 
 
 def _settings(*, check_secret: bool = False) -> Settings:

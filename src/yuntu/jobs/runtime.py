@@ -9,6 +9,7 @@ from yuntu.jobs.worker import Worker
 from yuntu.kit.db import Database
 from yuntu.kit.pubsub import PubSub
 from yuntu.settings import Settings
+from yuntu.uploads import jobs as upload_jobs  # noqa: F401  (upload housekeeping)
 
 
 def load_plugins(settings: Settings) -> None:

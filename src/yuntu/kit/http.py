@@ -40,6 +40,13 @@ def writes(endpoint: F) -> F:
     return endpoint
 
 
+def own_transactions(endpoint: F) -> F:
+    """Mark a writing endpoint that opens its own short transactions (byte transfers): the
+    request session is a read session, so no write lock is held while a body streams in."""
+    endpoint.yuntu_own_transactions = True  # type: ignore[attr-defined]
+    return endpoint
+
+
 def is_read_only(request: Request) -> bool:
     return bool(request.scope.get(_READ_ONLY_KEY))
 
@@ -62,7 +69,7 @@ class TransactionalRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        read_only = (
+        read_only = getattr(self.endpoint, "yuntu_own_transactions", False) or (
             bool(self.methods)
             and set(self.methods or ()) <= _READ_METHODS
             and not getattr(self.endpoint, "yuntu_writes", False)
