@@ -114,10 +114,22 @@ def settings(tmp_path: Path, db_url: str, settings_overrides: dict[str, Any]) ->
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+async def app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with LifespanManager(application):
         yield application
+        if "no_fsck" not in request.keywords:
+            await assert_consistent(application)
+
+
+async def assert_consistent(application: FastAPI) -> None:
+    """`yuntu drive fsck` on the app's database and storage: every test ends clean (blob
+    reference counts, drive usage and reservations, task counters, no orphan objects)."""
+    from yuntu.drive import fsck
+
+    await asyncio.sleep(0.05)  # after-commit storage clean-ups run as tasks
+    report = await fsck.run(application.state.db)
+    assert report.clean, report.as_dict()
 
 
 @pytest.fixture
