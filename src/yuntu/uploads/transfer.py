@@ -77,7 +77,7 @@ async def _finish(
 ) -> AppError | None:
     """Verify and place the staged bytes; returns the error to answer with when the file failed
     (the failure itself is recorded in this transaction)."""
-    task, file, drive = target
+    task, file, drive = target.task, target.file, target.drive
     store = blobs.store_of(session)
     problem: AppError | None = None
     if staged.size != file.size:
