@@ -11,6 +11,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import anyio
 import anyio.to_thread
 
 from yuntu.storage.blobs import Hasher
@@ -47,7 +48,12 @@ async def feed(upload_id: int, offset: int, data: bytes) -> None:
         return
     async with state.lock:
         if offset == state.next_offset:
-            await anyio.to_thread.run_sync(state.hasher.update, data)
+            # Both digests release the GIL on large buffers: hash them on two threads at once.
+            hasher = state.hasher
+            async with anyio.create_task_group() as group:
+                group.start_soon(anyio.to_thread.run_sync, hasher.md5.update, data)
+                group.start_soon(anyio.to_thread.run_sync, hasher.sha256.update, data)
+            hasher.size += len(data)
             state.next_offset += len(data)
         elif offset < state.next_offset:
             forget(upload_id)

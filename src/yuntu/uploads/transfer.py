@@ -9,6 +9,7 @@ and keeps nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -331,11 +332,18 @@ async def put_part(
         if md5 != declared_md5:
             raise AppError(E.CHECKSUM_MISMATCH, details={"part_number": part_number})
     offset = upload.part_size * (part_number - 1)
+    # Storing and hashing overlap (disk I/O and two digests on three threads).
+    store_task = asyncio.ensure_future(
+        _store(db).multipart_put(_handle(upload), part_number, offset, data)
+    )
     try:
-        etag = await _store(db).multipart_put(_handle(upload), part_number, offset, data)
-    except StorageError as exc:
-        raise blobs.storage_app_error(exc) from exc
-    await hashing.feed(upload.id, offset, data)
+        await hashing.feed(upload.id, offset, data)
+    finally:
+        try:
+            etag = await store_task
+        except StorageError as exc:
+            hashing.forget(upload.id)  # the digest state holds bytes that were not stored
+            raise blobs.storage_app_error(exc) from exc
     async with db.transaction() as session:
         values = {
             "upload_id": upload.id,
