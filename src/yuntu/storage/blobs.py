@@ -19,7 +19,7 @@ from yuntu.kit.db import database_of, on_commit
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.logging import get_logger
 from yuntu.models.drive import Blob
-from yuntu.storage.base import BlobStore, ObjectMissing, StorageError, StorageFull
+from yuntu.storage.base import BlobStore, BlobWriter, ObjectMissing, StorageError, StorageFull
 
 log = get_logger("yuntu.blobs")
 
@@ -81,12 +81,20 @@ async def ingest(
             await writer.write(chunk)
         key = await writer.finish()
     except StorageError as exc:
-        await writer.abort()
+        await _abort_quietly(writer)
         raise storage_app_error(exc) from exc
     except BaseException:
-        await writer.abort()
+        await _abort_quietly(writer)
         raise
     return StagedObject(key, hasher.size, hasher.md5.hexdigest(), hasher.sha256.hexdigest())
+
+
+async def _abort_quietly(writer: BlobWriter) -> None:
+    """Clean-up after a failed write must not hide why it failed (the store may be down)."""
+    try:
+        await writer.abort()
+    except StorageError:
+        log.warning("pending_object_not_deleted", key=writer.key)
 
 
 async def discard(store: BlobStore, key: str) -> None:
