@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from yuntu.drive import archive as drive_archive  # noqa: F401  (the upload-task archive job)
+from yuntu.drive import jobs as drive_jobs  # noqa: F401  (trash purge, blob GC)
 from yuntu.jobs import builtin  # noqa: F401  (registers the engine's own handlers and schedules)
 from yuntu.jobs.worker import Worker
 from yuntu.kit.db import Database

@@ -28,7 +28,7 @@ router = make_router(tags=["uploads"])
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Upload task id")]
 FileId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task file id")]
 BASE = "/upload-tasks/{task_id}/files/{file_id}"
-FILE_ERRORS = error_responses(400, 404, 409, 413)
+FILE_ERRORS = error_responses(400, 401, 404, 409, 413, 502, 507)
 READ_CHUNK = 1024 * 1024
 
 
