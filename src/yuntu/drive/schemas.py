@@ -124,6 +124,9 @@ class TeamCreate(StrictModel):
 
 
 class TeamUpdate(StrictModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"description": "Lighting and comp"}]}
+    )
     name: Annotated[str, line(100, 1)] | None = None
     description: Annotated[str, text(500)] | None = None
 
@@ -218,6 +221,12 @@ class FolderPatch(StrictModel):
     parent_id: Id | None = None
     conflict: FolderConflict = "error"
 
+    @model_validator(mode="after")
+    def _something(self) -> FolderPatch:
+        if self.name is None and "parent_id" not in self.model_fields_set:
+            raise ValueError("give name and/or parent_id")
+        return self
+
 
 class FilePatch(StrictModel):
     """Rename (`name`) and/or move (`folder_id`, null: the root). `overwrite` makes this file's
@@ -230,6 +239,12 @@ class FilePatch(StrictModel):
     name: ItemName | None = None
     folder_id: Id | None = None
     conflict: FileConflict = "error"
+
+    @model_validator(mode="after")
+    def _something(self) -> FilePatch:
+        if self.name is None and "folder_id" not in self.model_fields_set:
+            raise ValueError("give name and/or folder_id")
+        return self
 
 
 class FileCopy(StrictModel):
@@ -245,6 +260,9 @@ class FileCopy(StrictModel):
 
 
 class RestoreIn(StrictModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"conflict": "rename"}]}
+    )
     conflict: FolderConflict = "rename"
 
 
@@ -301,6 +319,13 @@ class ChildOut(BaseModel):
     md5: str | None = None
     mime_type: str | None = None
     version: int | None = None
+
+
+class Restored(BaseModel):
+    type: Literal["folder", "file"]
+    id: Id
+    name: str = Field(description="Possibly renamed to avoid a conflict")
+    path: str
 
 
 class ItemGone(BaseModel):

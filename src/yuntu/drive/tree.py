@@ -3,7 +3,9 @@ versions. Uploads, copies, render outputs and archives all end in `place_file`."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,10 +18,13 @@ from yuntu.drive.paths import (
     first_free,
     guess_mime,
     join,
+    numbered,
 )
 from yuntu.drive.service import charge, settings_of, uncharge
+from yuntu.kit.db import bulk_insert, utcnow
 from yuntu.kit.errors import AppError, E
-from yuntu.models.drive import Blob, Drive, DriveFile, FileVersion, Folder
+from yuntu.kit.ids import new_id
+from yuntu.models.drive import Blob, Drive, DriveFile, DriveOperation, FileVersion, Folder
 from yuntu.storage import blobs
 
 
@@ -157,9 +162,11 @@ async def place_file(
     mime_type: str | None = None,
     source: str = "web",
     op: str = "upload",
+    before_path: str | None = None,
 ) -> DriveFile:
     """Put `blob` (on which the caller already holds one reference for this placement) at
-    `folder/name`. `reserved` bytes of the size were held by an upload and are consumed."""
+    `folder/name`. `reserved` bytes of the size were held by an upload and are consumed.
+    `before_path` goes to the operation log of a new file (a copy's source path)."""
     existing_folder = await child_folder(session, folder, name)
     existing = await child_file(session, folder.id, name)
     if existing_folder is not None or existing is not None:
@@ -211,6 +218,7 @@ async def place_file(
         op=op,
         item_type="file",
         item_id=file.id,
+        before_path=before_path,
         after_path=path,
         size=blob.size,
     )
@@ -312,3 +320,136 @@ async def purge_files(session: AsyncSession, drive_id: int, file_ids: list[int])
         ).all()
         await delete_versions(session, drive_id, list(rows))
         await session.execute(delete(DriveFile).where(DriveFile.id.in_(chunk)))
+
+
+# -- batched placement (instant upload of thousands of files) ---------------------------------
+@dataclass(frozen=True, slots=True)
+class NewFile:
+    """One file for `place_new_files`: `blob` already holds a reference for it."""
+
+    folder: Folder
+    name: str
+    blob: Blob
+    mtime: datetime | None = None
+    mime_type: str | None = None
+
+
+async def plan_names(
+    session: AsyncSession, wanted: list[tuple[int, str]], *, rename: bool
+) -> list[str | None]:
+    """`place_file`'s conflict check for many new files at once: for each (folder id, name) the
+    name to place it under. A free name is kept; a taken one (by a live file or folder, or by an
+    earlier entry of `wanted`) becomes the first free `name (n)` when `rename`, else None.
+    Reads every live name of the folders involved (a few queries per 500 folders)."""
+    used: dict[int, set[str]] = {folder_id: set() for folder_id, _ in wanted}
+    folder_ids = list(used)
+    for start in range(0, len(folder_ids), 500):
+        chunk = folder_ids[start : start + 500]
+        files = await session.execute(
+            select(DriveFile.folder_id, DriveFile.name).where(
+                DriveFile.folder_id.in_(chunk), DriveFile.trashed_at.is_(None)
+            )
+        )
+        folders = await session.execute(
+            select(Folder.parent_id, Folder.name).where(
+                Folder.parent_id.in_(chunk), Folder.trashed_at.is_(None)
+            )
+        )
+        for folder_id, name in [*files.all(), *folders.all()]:
+            used[folder_id].add(name)
+    planned: list[str | None] = [None] * len(wanted)
+    for index, (folder_id, name) in enumerate(wanted):
+        if name not in used[folder_id]:
+            used[folder_id].add(name)
+            planned[index] = name
+    if rename:
+        for index, (folder_id, name) in enumerate(wanted):
+            if planned[index] is None:
+                taken, n, candidate = used[folder_id], 1, name
+                while candidate in taken:
+                    candidate = numbered(name, n, is_file=True)
+                    n += 1
+                taken.add(candidate)
+                planned[index] = candidate
+    return planned
+
+
+async def place_new_files(
+    session: AsyncSession,
+    drive: Drive,
+    items: list[NewFile],
+    actor_id: int | None,
+    *,
+    reserved: int = 0,
+    source: str = "web",
+    op: str = "upload",
+) -> list[int]:
+    """`place_file` for many new files whose names are free (see `plan_names`, in the same
+    transaction; a concurrent taker trips the unique index and the whole unit of work
+    rolls back). One quota charge, bulk inserts of the files, their first versions and the
+    operation records. Returns the new file ids in `items` order."""
+    if not items:
+        return []
+    limit = settings_of(session).max_path_bytes
+    paths = [join(item.folder.path, item.name) for item in items]
+    for path in paths:
+        check_path_length(path, limit)
+    await charge(session, drive.id, sum(item.blob.size for item in items), reserved=reserved)
+    now = utcnow()
+    files: list[dict[str, Any]] = []
+    versions: list[dict[str, Any]] = []
+    operations: list[dict[str, Any]] = []
+    for item, path in zip(items, paths, strict=True):
+        blob = item.blob
+        file_id = new_id()
+        files.append(
+            {
+                "id": file_id,
+                "drive_id": drive.id,
+                "folder_id": item.folder.id,
+                "name": item.name,
+                "extension": extension_of(item.name),
+                "mime_type": guess_mime(item.name, item.mime_type),
+                "size": blob.size,
+                "md5": blob.md5,
+                "sha256": blob.sha256,
+                "blob_id": blob.id,
+                "version": 1,
+                "mtime": item.mtime,
+                "created_by": actor_id,
+                "upload_source": source,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        versions.append(
+            {
+                "id": new_id(),
+                "file_id": file_id,
+                "drive_id": drive.id,
+                "version": 1,
+                "blob_id": blob.id,
+                "size": blob.size,
+                "md5": blob.md5,
+                "sha256": blob.sha256,
+                "created_by": actor_id,
+                "created_at": now,
+            }
+        )
+        operations.append(
+            {
+                "id": new_id(),
+                "drive_id": drive.id,
+                "actor_id": actor_id,
+                "op": op,
+                "item_type": "file",
+                "item_id": file_id,
+                "before_path": None,
+                "after_path": path,
+                "detail": {"size": blob.size},
+                "created_at": now,
+            }
+        )
+    for model, rows in ((DriveFile, files), (FileVersion, versions), (DriveOperation, operations)):
+        await bulk_insert(session, model.__table__, rows)  # type: ignore[arg-type]
+    return [row["id"] for row in files]
