@@ -51,10 +51,14 @@ class Target:
     drive: Drive
 
 
-async def _target(session: AsyncSession, task_id: int, file_id: int, user_id: int) -> Target:
+async def _target(
+    session: AsyncSession, task_id: int, file_id: int, user_id: int, *, lock: bool = False
+) -> Target:
+    """`lock`: hold the drive row (as every tree change does) so a file is never placed into
+    a folder that a concurrent request is moving to the trash."""
     task = await get_task(session, task_id, user_id)
     file = await get_task_file(session, task, file_id)
-    drive = await get_drive(session, task.drive_id, user_id, Level.WRITE)
+    drive = await get_drive(session, task.drive_id, user_id, Level.WRITE, for_update=lock)
     return Target(task, file, drive)
 
 
@@ -146,7 +150,7 @@ async def direct_upload(
     failure: AppError | None = None
     try:
         async with db.transaction() as session:
-            target = await _target(session, task_id, file_id, user_id)
+            target = await _target(session, task_id, file_id, user_id, lock=True)
             await move_file(session, target.task, target.file, FileStatus.UPLOADING)
             failure = await _finish(session, target, staged, user_id)
             file = target.file
@@ -466,7 +470,7 @@ async def complete_multipart(
     staged = blobs.StagedObject(key=key, size=size, md5=md5, sha256=sha256)
     # Phase 3: record the outcome.
     async with db.transaction() as session:
-        target = await _target(session, task_id, file_id, user_id)
+        target = await _target(session, task_id, file_id, user_id, lock=True)
         await session.execute(delete(MultipartUpload).where(MultipartUpload.id == upload.id))
         failure = await _finish(session, target, staged, user_id)
         file = target.file
