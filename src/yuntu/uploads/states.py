@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.drive import service as drives
@@ -290,10 +290,10 @@ async def move_files(
     count_saved: bool = False,
     consumed_reservation: bool = False,
 ) -> BatchMove:
-    """`move_file` for many files of one task in a few statements (cancelling 10,000 files,
-    an instant-upload batch). Files whose current state does not allow `target` are skipped,
-    not an error: the returned BatchMove lists the ones moved. The moves are conditional
-    updates (one per source state and chunk), so a concurrent request cannot move a file twice.
+    """`move_file` for many files of `task` (`file_ids` must be its files) in a few statements
+    (cancelling 10,000 files, an instant-upload batch). Files whose current state does not allow
+    `target` are skipped, not an error: the returned BatchMove lists the ones moved. Rows are
+    locked before they move (chunks of 2,000), so a concurrent request cannot move a file twice.
 
     `count_saved`: the moved files' sizes are added to the task's saved bytes (instant upload).
     `consumed_reservation`: the caller turns the reservation the moved files held
@@ -314,38 +314,36 @@ async def move_files(
     if target == F.FAILED:
         values["error"] = (error or "failed")[:2000]
     per_source: dict[F, int] = {}
+    sources = file_sources(target)
     unique_ids = list(dict.fromkeys(file_ids))
     for start in range(0, len(unique_ids), _BATCH_CHUNK):
         chunk = unique_ids[start : start + _BATCH_CHUNK]
-        chunk_moved: list[int] = []
-        for source in file_sources(target):
-            rows = (
-                await session.execute(
-                    update(files)
-                    .where(
-                        files.c.task_id == task.id,
-                        files.c.id.in_(chunk),
-                        files.c.status == source,
-                    )
-                    .values(**values)
-                    .returning(files.c.id, files.c.size)
-                )
-            ).all()
-            for file_id, size in rows:
-                result.moved[file_id] = size
-                chunk_moved.append(file_id)
-            if rows:
-                per_source[F(source)] = per_source.get(F(source), 0) + len(rows)
-        if chunk_moved:
-            sizes = (
-                await session.execute(
-                    update(files)
-                    .where(files.c.id.in_(chunk_moved), files.c.reserved.is_(True))
-                    .values(reserved=False)
-                    .returning(files.c.size)
-                )
-            ).scalars()
-            result.released += sum(sizes)
+        # Read and lock the rows (PostgreSQL; SQLite's writer holds the database), then move
+        # them with one update. By primary key only: with task_id in the WHERE clause too,
+        # PostgreSQL's generic plan for these repeated statements scans the task's files.
+        rows = (
+            await session.execute(
+                select(files.c.id, files.c.task_id, files.c.status, files.c.size, files.c.reserved)
+                .where(files.c.id.in_(chunk), files.c.status.in_(sources))
+                .with_for_update()
+            )
+        ).all()
+        if not rows:
+            continue
+        for file_id, task_id, status, size, reserved in rows:
+            if task_id != task.id:  # a caller bug; the request rolls back
+                raise AssertionError(f"task file {file_id} is not in task {task.id}")
+            result.moved[file_id] = size
+            per_source[F(status)] = per_source.get(F(status), 0) + 1
+            if reserved:
+                result.released += size
+        moved = await session.execute(
+            update(files)
+            .where(files.c.id.in_([row[0] for row in rows]), files.c.status.in_(sources))
+            .values(**values, reserved=False)
+        )
+        if moved.rowcount != len(rows):  # type: ignore[attr-defined]
+            raise AppError(E.INVALID_STATE, message="files changed state concurrently")
     if not result.moved:
         return result
     if result.released and not consumed_reservation:
@@ -373,10 +371,11 @@ async def move_files(
         .execution_options(synchronize_session=False)
     )
     await session.refresh(task)
-    await refresh_task_status(session, task)
+    # One event for the batch, before the task status it may change (as move_file does).
     announce(
         session,
         task,
         task_event(task, "upload.files", file_status=str(target), count=len(result.moved)),
     )
+    await refresh_task_status(session, task)
     return result
