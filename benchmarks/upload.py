@@ -61,6 +61,7 @@ class Server:
             "YUNTU_DATA_DIR": str(self.data_dir),
             "YUNTU_PORT": str(self.port),
             "YUNTU_LOG_LEVEL": "WARNING",
+            "YUNTU_LOG_JSON": "false",
             "YUNTU_SECRET_KEY": "benchmark-secret-key-0123456789-abcdefghijkl",
         }
         for key in ("YUNTU_DATABASE_URL", "YUNTU_REDIS_URL", "YUNTU_STORAGE_URL"):
@@ -173,6 +174,7 @@ async def instant_check(
         for i, c in enumerate(contents)
     ]
     seed = await create_task(http, headers, manifest, "seed")
+    print(f"  seeded the manifest of {count} files", file=sys.stderr)
     semaphore = asyncio.Semaphore(16)
     started = time.perf_counter()
 
@@ -188,6 +190,7 @@ async def instant_check(
     await asyncio.gather(*(send(e, contents[e["position"]]) for e in seed["files"]))
     seed_seconds = time.perf_counter() - started
 
+    print(f"  uploaded {count} files in {seed_seconds:.1f} s", file=sys.stderr)
     task = await create_task(http, headers, manifest, "again")
     url = f"{API}/upload-tasks/{task['id']}/files/check"
     started = time.perf_counter()
@@ -339,7 +342,7 @@ async def main() -> None:
                 print(
                     f"multipart upload {args.size_mib} MiB: {ours:.0f} MB/s; "
                     f"baseline (read+md5+sha256+write+fsync) {baseline:.0f} MB/s "
-                      f"({before:.0f} before, {after:.0f} after); "
+                    f"({before:.0f} before, {after:.0f} after); "
                     f"ratio {ours / baseline:.2f} (goal >= 0.5; tuspyserver ~75 MB/s)"
                 )
             if "instant" in parts:
@@ -365,8 +368,14 @@ async def main() -> None:
                     f"{figures['-updated']:.1f} ms (goal <= 50 ms); GET /health "
                     f"{figures['health']:.1f} ms"
                 )
-    finally:
+    except BaseException:
         server.stop()
+        log = (workdir / "server.log").read_text(errors="replace")
+        print("server log (tail):\n" + log[-3000:], file=sys.stderr)
+        raise
+    else:
+        server.stop()
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -117,6 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.workers > 0 and getattr(app.state, "run_workers", True):
             app.state.worker = build_worker(app.state.db, app.state.bus, settings)
             await app.state.worker.start()
+        # Everything loaded at start-up lives as long as the process: keep it out of the cyclic
+        # collector's scans (large batches, e.g. a 10,000-file manifest, otherwise pay for
+        # re-scanning the whole app on every collection).
+        gc.freeze()
         log.info("started", version=__version__, env=settings.env, dialect=app.state.db.dialect)
         try:
             yield

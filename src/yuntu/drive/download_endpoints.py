@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from yuntu.drive import archive, downloads, scenes
 from yuntu.identity.deps import CurrentUser, DbSession
-from yuntu.kit.http import own_transactions
+from yuntu.kit.http import own_transactions, release_session
 from yuntu.kit.routing import error_responses, make_router
 from yuntu.kit.schemas import Envelope, Id, Schema, UtcDatetime
 from yuntu.kit.text import line
@@ -324,6 +324,7 @@ async def scene_upload(
     Stored in the default drive under `/scenes/` or `/scenes/{task_id}/` (a free name is chosen
     on conflict; a directory part of the sent name is dropped). The file streams straight to
     storage; no transaction is held meanwhile."""
+    await release_session(request)
     form = scenes.StreamedForm(request.headers.get("content-type"), request.stream())
     placed = await scenes.upload_scene(
         request.app.state.db, auth.user.id, form, query_task_key=task_id

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +62,12 @@ async def get_db_session(request: Request) -> AsyncSession:
         session = maker()
         request.scope[_SESSION_KEY] = session
     return session
+
+
+async def release_session(request: Request) -> None:
+    """Close the request's session early (it was needed only to authenticate): byte transfers
+    open their own short transactions and must not hold a pooled connection meanwhile."""
+    await _finish(request, commit=False)
 
 
 class TransactionalRoute(APIRoute):
@@ -177,7 +184,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("integrity_conflict", error=type(exc).__name__)
         return error_response(request, E.CONFLICT)
 
+    async def on_pool_timeout(request: Request, exc: Exception) -> Response:
+        # Every pooled connection stayed busy for the pool timeout: overload, not a bug.
+        log.warning("database_pool_exhausted")
+        return error_response(request, E.SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
+
     app.add_exception_handler(AppError, on_app_error)
+    app.add_exception_handler(SQLAlchemyTimeoutError, on_pool_timeout)
     app.add_exception_handler(IntegrityError, on_integrity)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -170,6 +170,7 @@ async def add_ref_by_sha(session: AsyncSession, sha256: str, count: int = 1) -> 
         .where(Blob.sha256 == sha256)
         .values(ref_count=Blob.ref_count + count, zero_since=None)
         .returning(Blob.id)
+        .execution_options(synchronize_session=False)
     )
     if blob_id is None:
         return None
@@ -181,6 +182,7 @@ async def add_ref(session: AsyncSession, blob_id: int, count: int = 1) -> None:
         update(Blob)
         .where(Blob.id == blob_id)
         .values(ref_count=Blob.ref_count + count, zero_since=None)
+        .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise ObjectMissing(f"blob {blob_id}")
@@ -197,6 +199,7 @@ async def release_ref(session: AsyncSession, blob_id: int, count: int = 1) -> No
             ref_count=remaining,
             zero_since=case((remaining <= 0, now), else_=None),
         )
+        .execution_options(synchronize_session=False)
     )
 
 

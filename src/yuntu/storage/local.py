@@ -6,6 +6,8 @@ to their offset in the pending file: completing an upload moves no bytes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +36,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_dir_quietly(path: Path) -> None:
+    # The directory went away or the disk failed: the next fsck will say so.
+    with contextlib.suppress(OSError):
+        _fsync_dir(path)
 
 
 class LocalWriter(BlobWriter):
@@ -115,6 +123,7 @@ class LocalStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.pending_dir = self.root / PENDING_PREFIX.rstrip("/")
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.pending_dir.mkdir(parents=True, exist_ok=True)
@@ -146,10 +155,21 @@ class LocalStore(BlobStore):
             target.parent.mkdir(parents=True, exist_ok=True)
             # Same content either way: replacing an existing copy is harmless and atomic.
             os.replace(self.path_of(pending_key), target)
-            await anyio.to_thread.run_sync(_fsync_dir, target.parent)
         except OSError as exc:
             raise storage_error_from_os(exc) from exc
+        # The file's bytes were fsynced before the rename. Making the rename itself durable
+        # (fsync of the directory) is started here but not awaited: adoption runs inside the
+        # database transaction, and SQLite in WAL mode with synchronous=NORMAL does not fsync
+        # its commits either, so waiting would only hold the write lock for a disk flush.
+        self._sync_soon(target.parent)
         return key
+
+    def _sync_soon(self, directory: Path) -> None:
+        task = asyncio.get_running_loop().create_task(
+            anyio.to_thread.run_sync(_fsync_dir_quietly, directory)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def delete(self, key: str) -> None:
         try:

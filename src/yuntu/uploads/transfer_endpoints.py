@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 
 from yuntu.identity.deps import CurrentUser
 from yuntu.kit.errors import AppError, E
-from yuntu.kit.http import own_transactions
+from yuntu.kit.http import own_transactions, release_session
 from yuntu.kit.routing import error_responses, make_router
 from yuntu.kit.schemas import Envelope
 from yuntu.uploads import transfer
@@ -69,6 +69,7 @@ async def direct_upload(
     `YUNTU_UPLOAD_DIRECT_MAX_BYTES` (5 MiB); larger files use the multipart upload. The server
     hashes the bytes; size and MD5 must match the manifest or the file fails and nothing is
     kept."""
+    await release_session(request)
     db = request.app.state.db
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -105,6 +106,7 @@ async def multipart_init(
     open returns the same upload (resume with `GET .../multipart`). With `direct: true` (S3
     storage) the answer carries a presigned URL per part for direct-to-storage upload; the
     server still verifies the assembled file on complete."""
+    await release_session(request)
     upload, urls = await transfer.init_multipart(
         request.app.state.db,
         auth.user.id,
@@ -140,6 +142,7 @@ async def multipart_upload(
 ) -> Envelope[PartOut]:
     """Parts may arrive in parallel and in any order; re-sending a part replaces it. Every part
     but the last must be exactly the part size. With `Content-MD5` the part is checked."""
+    await release_session(request)
     db = request.app.state.db
     upload = await transfer.check_part(
         db, auth.user.id, task_id, file_id, part_number, _declared_length(request)
@@ -168,6 +171,7 @@ async def multipart_complete(
     """Checks that every part is there (400 PARTS_MISSING lists the missing ones; the upload
     stays open), assembles them, and compares the size and MD5 the server computed with the
     manifest: a mismatch fails the file and keeps nothing."""
+    await release_session(request)
     file = await transfer.complete_multipart(request.app.state.db, auth.user.id, task_id, file_id)
     return Envelope(data=TaskFileResult.model_validate(file))
 
@@ -178,6 +182,7 @@ async def multipart_abort(
     request: Request, task_id: TaskId, file_id: FileId, auth: CurrentUser
 ) -> Envelope[TaskFileResult]:
     """Drops every part; the file is pending again."""
+    await release_session(request)
     db = request.app.state.db
     await transfer.abort_multipart(db, auth.user.id, task_id, file_id)
     file = await transfer.task_file(db, auth.user.id, task_id, file_id)
@@ -191,5 +196,6 @@ async def retry(
 ) -> Envelope[TaskFileResult]:
     """A failed file becomes pending again while attempts remain (3 by default: 409
     RETRY_LIMIT after). Its quota is reserved again (413 if it no longer fits)."""
+    await release_session(request)
     file = await transfer.retry_file(request.app.state.db, auth.user.id, task_id, file_id)
     return Envelope(data=TaskFileResult.model_validate(file))
