@@ -354,8 +354,8 @@ async def test_presigned_direct_parts(
     url = f"{API}/upload-tasks/{task['id']}/files/{file_ids(task)['d.bin']}"
     init = await client.post(f"{url}/multipart/init", json={"direct": True}, headers=headers)
     if storage_kind == "local":
-        assert init.status_code == 503
-        assert init.json()["error"] == "FEATURE_NOT_CONFIGURED"
+        assert init.status_code == 400
+        assert init.json()["error"] == "DIRECT_PARTS_UNAVAILABLE"
         return
     plan = init.json()["data"]
     assert [p["part_number"] for p in plan["part_urls"]] == [1, 2]

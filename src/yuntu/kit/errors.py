@@ -63,6 +63,12 @@ class E:
     PARTS_MISSING = ErrorSpec(
         400011, "PARTS_MISSING", "分片不完整", "Some parts have not been uploaded"
     )
+    DIRECT_PARTS_UNAVAILABLE = ErrorSpec(
+        400012,
+        "DIRECT_PARTS_UNAVAILABLE",
+        "直传分片需要 S3 兼容存储",
+        "Direct-to-storage parts need S3-compatible storage on this server",
+    )
     INVALID_STATE = ErrorSpec(
         409005, "INVALID_STATE", "当前状态不允许此操作", "Not allowed in the current state"
     )

@@ -203,13 +203,10 @@ async def init_multipart(
     direct: bool,
 ) -> tuple[MultipartUpload, list[dict[str, Any]]]:
     store = _store(db)
-    if direct and not store.supports_presigned_parts:
-        raise AppError(
-            E.FEATURE_NOT_CONFIGURED,
-            message="direct-to-storage parts need S3-compatible storage",
-        )
     async with db.transaction() as session:
         target = await _target(session, task_id, file_id, user_id)
+        if direct and not store.supports_presigned_parts:
+            raise AppError(E.DIRECT_PARTS_UNAVAILABLE)
         existing = await _open_upload(session, file_id)
         if existing is not None and target.file.status == FileStatus.UPLOADING:
             upload = existing  # a restarted client calling init again resumes the same upload
