@@ -292,11 +292,10 @@ async def _place_in_bulk(
         session, task, ids, FileStatus.INSTANT, count_saved=True, consumed_reservation=True
     )
     placed = [(row, blob, name) for row, blob, name in fresh if row.id in moved.moved]
-    for blob_id, count in Counter(blob.id for _, blob, _ in placed).items():
-        try:
-            await blobs.add_ref(session, blob_id, count)
-        except ObjectMissing:  # collected between the lookup and now: try again later
-            raise AppError(E.CONFLICT, message="stored content changed; retry") from None
+    try:
+        await blobs.add_refs(session, dict(Counter(blob.id for _, blob, _ in placed)))
+    except ObjectMissing:  # collected between the lookup and now: try again later
+        raise AppError(E.CONFLICT, message="stored content changed; retry") from None
     items = [
         tree.NewFile(folders[row.folder_id], name, blob, row.mtime, row.mime_type)
         for row, blob, name in placed
