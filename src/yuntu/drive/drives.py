@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, delete, distinct, func, select, update
+from sqlalchemy import Select, delete, distinct, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.drive import tree
@@ -200,7 +200,7 @@ async def update_drive(session: AsyncSession, drive: Drive, changes: dict[str, A
             )
     if "quota_bytes" in changes:
         quota = changes["quota_bytes"]
-        condition = True if quota is None else (Drive.used_bytes + Drive.reserved_bytes <= quota)
+        condition = true() if quota is None else (Drive.used_bytes + Drive.reserved_bytes <= quota)
         result = await session.execute(
             update(Drive)
             .where(Drive.id == drive.id, condition)

@@ -16,6 +16,7 @@ from yuntu.drive.schemas import (
     DriveDetail,
     DriveOut,
     DriveUpdate,
+    DriveUsage,
     OperationOut,
 )
 from yuntu.drive.service import ensure_default_drive
@@ -65,7 +66,9 @@ async def default_drive(auth: CurrentUser, session: DbSession) -> Envelope[Drive
     """Created on first use (quota from `drive_default_quota_bytes`)."""
     drive = await ensure_default_drive(session, auth.user.id, writable=False)
     usage = await drives.usage(session, drive)
-    return Envelope(data=DriveDetail(**drives.drive_out(drive, "owner"), usage=usage))
+    return Envelope(
+        data=DriveDetail(**drives.drive_out(drive, "owner"), usage=DriveUsage.model_validate(usage))
+    )
 
 
 @router.get("/drives/{drive_id}", summary="A drive with its usage", responses=error_responses(404))
@@ -79,7 +82,9 @@ async def get_drive_detail(
     drive = await get_drive(session, drive_id, auth.user.id, Level.READ)
     role = await drives.role_on(session, drive, auth.user.id)
     usage = await drives.usage(session, drive)
-    return Envelope(data=DriveDetail(**drives.drive_out(drive, role), usage=usage))
+    return Envelope(
+        data=DriveDetail(**drives.drive_out(drive, role), usage=DriveUsage.model_validate(usage))
+    )
 
 
 @router.put(
@@ -97,7 +102,9 @@ async def update_drive(
     drive = await drives.update_drive(session, drive, body.model_dump(exclude_unset=True))
     role = await drives.role_on(session, drive, auth.user.id)
     usage = await drives.usage(session, drive)
-    return Envelope(data=DriveDetail(**drives.drive_out(drive, role), usage=usage))
+    return Envelope(
+        data=DriveDetail(**drives.drive_out(drive, role), usage=DriveUsage.model_validate(usage))
+    )
 
 
 @router.delete(

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnClause,
     LargeBinary,
     String,
     cast,
@@ -122,9 +123,11 @@ def _file_order(session: AsyncSession, sort: str) -> list[Any]:
     # trashed_at is NULL on every listed row, so leading with it changes nothing, but it spells
     # out the index's column order: PostgreSQL does not treat `IS NULL` as fixing the column
     # and would otherwise sort the whole folder instead of walking the index.
-    order = [DriveFile.trashed_at.desc(), key.desc()] if desc else [DriveFile.trashed_at, key]
+    order: list[Any] = (
+        [DriveFile.trashed_at.desc(), key.desc()] if desc else [DriveFile.trashed_at, key]
+    )
     if database_of(session).dialect == "sqlite":
-        rowid = literal_column("files.rowid")
+        rowid: ColumnClause[Any] = literal_column("files.rowid")
         order.append(rowid.desc() if desc else rowid)
     return order
 
@@ -156,7 +159,7 @@ async def list_children(
     remaining = params.page_size - len(items)
     file_offset = max(0, offset - n_folders)
     if remaining > 0 and file_offset < n_files:
-        rows = await session.execute(
+        file_rows = await session.execute(
             select(
                 DriveFile.id,
                 DriveFile.name,
@@ -183,7 +186,7 @@ async def list_children(
                 r.mime_type,
                 r.version,
             )
-            for r in rows.all()
+            for r in file_rows.all()
         )
     return items, n_folders + n_files
 

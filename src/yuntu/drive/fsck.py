@@ -69,16 +69,18 @@ async def _blob_refs(session: AsyncSession, report: Report) -> None:
 
 
 async def _drive_usage(session: AsyncSession, report: Report) -> None:
-    used = dict(
+    used: dict[int, int] = dict(
         (
             await session.execute(
                 select(FileVersion.drive_id, func.sum(FileVersion.size)).group_by(
                     FileVersion.drive_id
                 )
             )
-        ).all()
+        )
+        .tuples()
+        .all()
     )
-    reserved = dict(
+    reserved: dict[int, int] = dict(
         (
             await session.execute(
                 select(UploadTask.drive_id, func.sum(UploadTaskFile.size))
@@ -86,7 +88,9 @@ async def _drive_usage(session: AsyncSession, report: Report) -> None:
                 .where(UploadTaskFile.reserved.is_(True))
                 .group_by(UploadTask.drive_id)
             )
-        ).all()
+        )
+        .tuples()
+        .all()
     )
     drives = (
         await session.execute(
@@ -147,14 +151,16 @@ async def _task_counters(session: AsyncSession, report: Report) -> None:
         entry["bytes"] += int(size or 0)
         if status in ("completed", "instant"):
             entry["done_bytes"] += int(size or 0)
-    reserved = dict(
+    reserved: dict[int, int] = dict(
         (
             await session.execute(
                 select(UploadTaskFile.task_id, func.sum(UploadTaskFile.size))
                 .where(UploadTaskFile.reserved.is_(True))
                 .group_by(UploadTaskFile.task_id)
             )
-        ).all()
+        )
+        .tuples()
+        .all()
     )
     tasks = (await session.scalars(select(UploadTask))).all()
     report.checked["upload_tasks"] = len(tasks)

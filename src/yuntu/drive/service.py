@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -139,7 +139,7 @@ async def charge(session: AsyncSession, drive_id: int, nbytes: int, *, reserved:
     """Count `nbytes` of new content as used. `reserved` bytes of it were held by an upload
     and move from reserved to used; the rest must fit the quota now."""
     extra = nbytes - reserved
-    condition = _fits(extra) if extra > 0 else True
+    condition = _fits(extra) if extra > 0 else true()
     result = await session.execute(
         update(Drive)
         .where(Drive.id == drive_id, condition)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, delete, func, literal, or_, select, union_all, update
+from sqlalchemy import Select, String, delete, func, literal, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.drive import oplog, tree
@@ -201,8 +201,8 @@ async def _check_group_fits(session: AsyncSession, folder: Folder, new_path: str
 # -- purge -------------------------------------------------------------------------------------
 async def _subtree(session: AsyncSession, folder_id: int) -> list[int]:
     """Every folder below `folder_id` by parent links (whatever its state), deepest first."""
-    cte = select(Folder.id, literal(0).label("depth")).where(Folder.id == folder_id)
-    cte = cte.cte("subtree", recursive=True)
+    seed = select(Folder.id, literal(0).label("depth")).where(Folder.id == folder_id)
+    cte = seed.cte("subtree", recursive=True)
     cte = cte.union_all(select(Folder.id, cte.c.depth + 1).where(Folder.parent_id == cte.c.id))
     rows = await session.execute(select(cte.c.id).order_by(cte.c.depth.desc()))
     return [row[0] for row in rows]
@@ -343,8 +343,14 @@ async def purge_roots(
     ids (roots skipped earlier). Folders first: a file root inside a purged folder goes with
     it."""
     total = Purged()
-    for model, item_type in ((Folder, "folder"), (DriveFile, "file")):
-        statement = select(model).where(model.trash_root_id == model.id)
+    kinds: tuple[tuple[type[Folder] | type[DriveFile], str], ...] = (
+        (Folder, "folder"),
+        (DriveFile, "file"),
+    )
+    for model, item_type in kinds:
+        statement = cast("Select[tuple[Folder | DriveFile]]", select(model)).where(
+            model.trash_root_id == model.id
+        )
         if drive_ids is not None:
             statement = statement.where(model.drive_id.in_(drive_ids))
         if trashed_before is not None:

@@ -3,9 +3,10 @@ versions. Uploads, copies, render outputs and archives all end in `place_file`."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -277,20 +278,24 @@ async def _add_version(
 async def prune_versions(session: AsyncSession, drive: Drive, file: DriveFile, keep: int) -> None:
     """Drop the oldest versions beyond `keep` (their references and quota go with them)."""
     stale = (
-        await session.execute(
-            select(FileVersion.id, FileVersion.blob_id, FileVersion.size)
-            .where(FileVersion.file_id == file.id)
-            .order_by(FileVersion.version.desc())
-            .offset(keep)
+        (
+            await session.execute(
+                select(FileVersion.id, FileVersion.blob_id, FileVersion.size)
+                .where(FileVersion.file_id == file.id)
+                .order_by(FileVersion.version.desc())
+                .offset(keep)
+            )
         )
-    ).all()
+        .tuples()
+        .all()
+    )
     if not stale:
         return
     await delete_versions(session, drive.id, stale)
 
 
 async def delete_versions(
-    session: AsyncSession, drive_id: int, rows: list[tuple[int, int, int]] | list
+    session: AsyncSession, drive_id: int, rows: Sequence[tuple[int, int, int]]
 ) -> None:
     """Delete (version id, blob id, size) rows: release their blobs and their quota."""
     counts: dict[int, int] = {}
@@ -312,12 +317,16 @@ async def purge_files(session: AsyncSession, drive_id: int, file_ids: list[int])
     for start in range(0, len(file_ids), 500):
         chunk = file_ids[start : start + 500]
         rows = (
-            await session.execute(
-                select(FileVersion.id, FileVersion.blob_id, FileVersion.size).where(
-                    FileVersion.file_id.in_(chunk)
+            (
+                await session.execute(
+                    select(FileVersion.id, FileVersion.blob_id, FileVersion.size).where(
+                        FileVersion.file_id.in_(chunk)
+                    )
                 )
             )
-        ).all()
+            .tuples()
+            .all()
+        )
         await delete_versions(session, drive_id, list(rows))
         await session.execute(delete(DriveFile).where(DriveFile.id.in_(chunk)))
 
@@ -355,7 +364,8 @@ async def plan_names(
                 Folder.parent_id.in_(chunk), Folder.trashed_at.is_(None)
             )
         )
-        for folder_id, name in [*files.all(), *folders.all()]:
+        # parent_id IN (chunk): never NULL here
+        for folder_id, name in cast("list[tuple[int, str]]", [*files.all(), *folders.all()]):
             used[folder_id].add(name)
     planned: list[str | None] = [None] * len(wanted)
     for index, (folder_id, name) in enumerate(wanted):

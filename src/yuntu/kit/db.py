@@ -215,7 +215,9 @@ async def bulk_insert(
         return
     order = list(compiled.positiontup)
     converters = [table.c[key].type.bind_processor(dialect) for key in order]
-    active = [(i, process, {}) for i, process in enumerate(converters) if process is not None]
+    active: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
+        (i, process, {}) for i, process in enumerate(converters) if process is not None
+    ]
     sql = str(compiled)
     for start in range(0, len(rows), chunk):
         batch = []

@@ -10,8 +10,9 @@ import hashlib
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import Table, bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -203,7 +204,7 @@ async def release_ref(session: AsyncSession, blob_id: int, count: int = 1) -> No
     )
 
 
-_BLOBS = Blob.__table__
+_BLOBS = cast(Table, Blob.__table__)
 
 
 async def add_refs(session: AsyncSession, counts: dict[int, int]) -> None:

@@ -22,9 +22,9 @@ import asyncio
 import hmac
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -313,7 +313,7 @@ async def _link(
     """Record the drive file each task file became. Files placed under their own name are found
     by (folder, name) in one statement per chunk (the name was free, so the live file there is
     theirs); renamed ones are updated one row each (executemany)."""
-    task_files = UploadTaskFile.__table__
+    task_files = cast(Table, UploadTaskFile.__table__)
     own = [row.id for row, _, name in placed if name == row.name]
     at_name = (
         DriveFile.folder_id == task_files.c.folder_id,

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.drive import service as drives
@@ -305,7 +305,8 @@ async def move_files(
     result = BatchMove()
     if not file_ids:
         return result
-    files = UploadTaskFile.__table__  # Core statements: no ORM bookkeeping for 10,000 rows
+    # Core statements: no ORM bookkeeping for 10,000 rows
+    files = cast(Table, UploadTaskFile.__table__)
     now = datetime.now(UTC)
     values: dict[str, Any] = {"status": str(target), "updated_at": now}
     if target in (F.COMPLETED, F.INSTANT):
