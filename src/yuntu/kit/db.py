@@ -112,7 +112,7 @@ _AFTER_COMMIT = "yuntu_after_commit"
 _DATABASE = "yuntu_database"
 
 
-def on_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> None:
+def on_commit(session: AsyncSession | Session, callback: Callable[[], object]) -> None:
     """Run `callback` once the session's transaction commits (dropped on rollback): how work
     is announced only after it is durable (job wake-ups, live events)."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session

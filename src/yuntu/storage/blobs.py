@@ -16,6 +16,7 @@ from sqlalchemy import Table, bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from yuntu.kit.background import spawn
 from yuntu.kit.db import UTCDateTime, database_of, on_commit
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.logging import get_logger
@@ -119,7 +120,7 @@ async def adopt_staged(session: AsyncSession, staged: StagedObject) -> Blob:
             blob.storage_key = key
             await session.flush()
             return blob
-        on_commit(session, lambda: _discard_soon(store, staged.key))
+        discard_after_commit(session, store, staged.key)
         return blob
     key = await _adopt(store, staged)
     blob = Blob(
@@ -138,7 +139,7 @@ async def adopt_staged(session: AsyncSession, staged: StagedObject) -> Blob:
         if existing is None:
             raise
         if existing.storage_key != key:
-            on_commit(session, lambda: _discard_soon(store, key))
+            discard_after_commit(session, store, key)
         return existing
     return blob
 
@@ -158,10 +159,9 @@ async def _object_present(store: BlobStore, blob: Blob) -> bool:
         return True  # cannot tell: trust the row rather than rewrite it
 
 
-def _discard_soon(store: BlobStore, key: str) -> None:
-    import asyncio
-
-    asyncio.get_running_loop().create_task(discard(store, key))
+def discard_after_commit(session: AsyncSession, store: BlobStore, key: str) -> None:
+    """Remove a pending object once the transaction commits (a duplicate, or rejected bytes)."""
+    on_commit(session, lambda: spawn(discard(store, key)))
 
 
 async def add_ref_by_sha(session: AsyncSession, sha256: str, count: int = 1) -> Blob | None:

@@ -6,7 +6,6 @@ to their offset in the pending file: completing an upload moves no bytes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -16,6 +15,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from yuntu.kit.background import spawn
 from yuntu.storage.base import (
     PENDING_PREFIX,
     BlobStore,
@@ -123,7 +123,6 @@ class LocalStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.pending_dir = self.root / PENDING_PREFIX.rstrip("/")
-        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.pending_dir.mkdir(parents=True, exist_ok=True)
@@ -161,15 +160,8 @@ class LocalStore(BlobStore):
         # (fsync of the directory) is started here but not awaited: adoption runs inside the
         # database transaction, and SQLite in WAL mode with synchronous=NORMAL does not fsync
         # its commits either, so waiting would only hold the write lock for a disk flush.
-        self._sync_soon(target.parent)
+        spawn(anyio.to_thread.run_sync(_fsync_dir_quietly, target.parent))
         return key
-
-    def _sync_soon(self, directory: Path) -> None:
-        task = asyncio.get_running_loop().create_task(
-            anyio.to_thread.run_sync(_fsync_dir_quietly, directory)
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def delete(self, key: str) -> None:
         try:

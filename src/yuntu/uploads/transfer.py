@@ -28,6 +28,7 @@ from yuntu.drive import tree
 from yuntu.drive.access import Level, get_drive
 from yuntu.drive.paths import Conflict
 from yuntu.drive.service import settings_of
+from yuntu.kit.background import spawn
 from yuntu.kit.db import Database, on_commit
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.logging import get_logger
@@ -124,7 +125,7 @@ async def _finish(
             await move_file(session, task, file, FileStatus.COMPLETED, consumed_reservation=True)
             return None
     else:
-        on_commit(session, lambda: blobs._discard_soon(store, staged.key))
+        blobs.discard_after_commit(session, store, staged.key)
     await move_file(session, task, file, FileStatus.FAILED, error=problem.spec.name)
     return problem
 
@@ -506,20 +507,15 @@ async def abort_open_uploads(session: AsyncSession, task_file_ids: list[int]) ->
             delete(MultipartUpload).where(MultipartUpload.task_file_id.in_(chunk))
         )
 
-    def abort_soon() -> None:
-        import asyncio
-
-        async def run() -> None:
-            for handle in handles:
-                try:
-                    await store.multipart_abort(handle)
-                except StorageError:
-                    log.warning("multipart_abort_failed", key=handle.key)
-
-        asyncio.get_running_loop().create_task(run())
+    async def abort_all() -> None:
+        for handle in handles:
+            try:
+                await store.multipart_abort(handle)
+            except StorageError:
+                log.warning("multipart_abort_failed", key=handle.key)
 
     if handles:
-        on_commit(session, abort_soon)
+        on_commit(session, lambda: spawn(abort_all()))
     return len(handles)
 
 
