@@ -40,6 +40,7 @@ from yuntu.uploads import states
 from yuntu.uploads.proofs import Claim, check_token, make_challenge, proof_digest
 from yuntu.uploads.schemas import CheckEntry
 from yuntu.uploads.states import FileStatus
+from yuntu.uploads.tasks import place_at_destination
 
 WHOLE_READ_LIMIT = 256 * 1024  # smaller blobs are read once per request and sliced
 READ_CONCURRENCY = 16
@@ -363,27 +364,7 @@ async def _place_one(
             referenced = await blobs.add_ref_by_sha(session, sha256)
             if referenced is None:
                 raise _ContentGone
-            folder = await tree.get_folder(session, drive, row.folder_id)
-            placed = await tree.place_file(
-                session,
-                drive,
-                folder,
-                row.name,
-                referenced,
-                user_id,
-                conflict=Conflict(task.conflict),
-                reserved=row.size,
-                mtime=row.mtime,
-                mime_type=row.mime_type,
-                source="client",
-                op="upload",
-            )
-            await session.execute(
-                update(UploadTaskFile)
-                .where(UploadTaskFile.id == row.id)
-                .values(file_id=placed.id, sha256=referenced.sha256)
-                .execution_options(synchronize_session=False)
-            )
+            await place_at_destination(session, task, drive, file, referenced, user_id)
             await states.move_file(
                 session,
                 task,

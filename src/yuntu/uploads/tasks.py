@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.drive import tree
 from yuntu.drive.access import Level, get_drive
-from yuntu.drive.paths import split_path
+from yuntu.drive.paths import Conflict, split_path
 from yuntu.drive.service import (
     check_file_allowed,
     ensure_default_drive,
@@ -25,7 +25,7 @@ from yuntu.drive.service import (
 from yuntu.kit.db import bulk_insert
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.ids import new_id
-from yuntu.models.drive import Drive, Folder
+from yuntu.models.drive import Blob, Drive, DriveFile, Folder
 from yuntu.models.uploads import MultipartUpload, UploadTask, UploadTaskFile
 from yuntu.uploads import states
 from yuntu.uploads.schemas import ManifestFile, TaskCreate
@@ -35,6 +35,40 @@ from yuntu.uploads.states import FileStatus, TaskStatus
 MAX_MANIFEST_BYTES = 2**53
 UNFINISHED_TASK = frozenset({TaskStatus.PENDING, TaskStatus.UPLOADING})
 CANCELLABLE_FILE = (FileStatus.PENDING, FileStatus.UPLOADING, FileStatus.FAILED)
+
+
+async def place_at_destination(
+    session: AsyncSession,
+    task: UploadTask,
+    drive: Drive,
+    file: UploadTaskFile,
+    blob: Blob,
+    user_id: int,
+) -> DriveFile:
+    """Put a task file's verified content (the caller holds one reference on `blob` for it) at
+    the file's destination under the task's conflict policy, consuming its quota reservation,
+    and link the task file to the drive file. Uploads and instant uploads both end here."""
+    folder = await tree.get_folder(session, drive, file.folder_id)
+    placed = await tree.place_file(
+        session,
+        drive,
+        folder,
+        file.name,
+        blob,
+        user_id,
+        conflict=Conflict(task.conflict),
+        reserved=file.size,
+        mtime=file.mtime,
+        mime_type=file.mime_type,
+        source="client",
+    )
+    await session.execute(
+        update(UploadTaskFile)
+        .where(UploadTaskFile.id == file.id)
+        .values(file_id=placed.id, sha256=blob.sha256)
+        .execution_options(synchronize_session=False)
+    )
+    return placed
 
 
 # -- lookups (also used by the transfer endpoints) ---------------------------------------------

@@ -24,9 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from yuntu.drive import tree
 from yuntu.drive.access import Level, get_drive
-from yuntu.drive.paths import Conflict
 from yuntu.drive.service import settings_of
 from yuntu.kit.background import spawn
 from yuntu.kit.db import Database, on_commit
@@ -38,7 +36,7 @@ from yuntu.storage import blobs
 from yuntu.storage.base import BlobStore, MultipartHandle, PartInfo, StorageError
 from yuntu.uploads import hashing
 from yuntu.uploads.states import FileStatus, announce, move_file, task_event
-from yuntu.uploads.tasks import get_task, get_task_file
+from yuntu.uploads.tasks import get_task, get_task_file, place_at_destination
 
 log = get_logger("yuntu.uploads")
 MAX_PARTS = 10_000
@@ -98,30 +96,11 @@ async def _finish(
         try:
             async with session.begin_nested():
                 blob = await blobs.adopt_staged(session, staged)
-                folder = await tree.get_folder(session, drive, file.folder_id)
-                placed = await tree.place_file(
-                    session,
-                    drive,
-                    folder,
-                    file.name,
-                    blob,
-                    user_id,
-                    conflict=Conflict(task.conflict),
-                    reserved=file.size,
-                    mtime=file.mtime,
-                    mime_type=file.mime_type,
-                    source="client",
-                )
+                await place_at_destination(session, task, drive, file, blob, user_id)
         except AppError as exc:  # a name conflict under policy `error`, a vanished folder
             problem = exc
             await blobs.discard(store, staged.key)
         else:
-            await session.execute(
-                update(UploadTaskFile)
-                .where(UploadTaskFile.id == file.id)
-                .values(file_id=placed.id, sha256=staged.sha256)
-                .execution_options(synchronize_session=False)
-            )
             await move_file(session, task, file, FileStatus.COMPLETED, consumed_reservation=True)
             return None
     else:
