@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import StreamingResponse
 
 from yuntu.drive.access import Level, get_drive
-from yuntu.drive.downloads import SUCCEEDED, finished_task, link_ttl, sign_blob, store_of_db
+from yuntu.drive.downloads import finished_in_drive, finished_task, link_ttl, sign_blob, store_of_db
 from yuntu.drive.paths import check_type_allowed, clean_name
 from yuntu.drive.scenes import save_staged
 from yuntu.drive.tree import get_folder
@@ -63,11 +63,7 @@ async def task_members(session: AsyncSession, task: UploadTask) -> list[Member]:
             )
             .join(DriveFile, DriveFile.id == UploadTaskFile.file_id)
             .join(Blob, Blob.id == DriveFile.blob_id)
-            .where(
-                UploadTaskFile.task_id == task.id,
-                UploadTaskFile.status.in_(SUCCEEDED),
-                DriveFile.trashed_at.is_(None),
-            )
+            .where(finished_in_drive(task.id))
             .order_by(UploadTaskFile.position)
         )
     ).all()

@@ -30,7 +30,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -56,6 +56,15 @@ _SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
 _BLOB_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _MAX_TTL = 7 * 24 * 3600
 SUCCEEDED = ("completed", "instant")  # task file states whose file is in the drive
+
+
+def finished_in_drive(task_id: int) -> ColumnElement[bool]:
+    """A task's finished files whose drive file is still live (joined as DriveFile)."""
+    return and_(
+        UploadTaskFile.task_id == task_id,
+        UploadTaskFile.status.in_(SUCCEEDED),
+        DriveFile.trashed_at.is_(None),
+    )
 
 
 def safe_content_type(value: str | None) -> str:
@@ -234,11 +243,7 @@ async def task_links(
         select(UploadTaskFile.id, UploadTaskFile.relative_path, DriveFile, Blob)
         .join(DriveFile, DriveFile.id == UploadTaskFile.file_id)
         .join(Blob, Blob.id == DriveFile.blob_id)
-        .where(
-            UploadTaskFile.task_id == task.id,
-            UploadTaskFile.status.in_(SUCCEEDED),
-            DriveFile.trashed_at.is_(None),
-        )
+        .where(finished_in_drive(task.id))
     )
     total = await session.scalar(select(func.count()).select_from(statement.subquery()))
     rows = (

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from yuntu.drive import service as drives
 from yuntu.drive import tree
 from yuntu.drive.access import Level, get_drive, level_on
-from yuntu.drive.downloads import SUCCEEDED, store_of_db
+from yuntu.drive.downloads import finished_in_drive, store_of_db
 from yuntu.drive.paths import Conflict, clean_name, join, split_path
 from yuntu.kit.db import Database
 from yuntu.kit.errors import AppError, E
@@ -301,12 +301,7 @@ async def _task_file(
     return await session.scalar(
         select(DriveFile)
         .join(UploadTaskFile, UploadTaskFile.file_id == DriveFile.id)
-        .where(
-            UploadTaskFile.task_id == task.id,
-            UploadTaskFile.status.in_(SUCCEEDED),
-            condition,
-            DriveFile.trashed_at.is_(None),
-        )
+        .where(finished_in_drive(task.id), condition)
         .order_by(UploadTaskFile.relative_path.in_((path, f"/{path}")).desc())
         .order_by(UploadTaskFile.position)
         .limit(1)
