@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import text
 
 from tests.conftest import API
+from tests.drive.helpers import check_accounting
 from yuntu.drive import service as drives
 from yuntu.drive import tree
 from yuntu.drive.paths import Conflict, split_path
@@ -127,25 +128,9 @@ async def drive_usage(app: Any, drive_id: int) -> tuple[int, int]:
 
 
 async def assert_accounting(app: Any) -> None:
-    """The invariants, recounted with plain SQL: blob references, used and reserved bytes,
-    task reserved bytes."""
-    bad_refs = await sql(
-        app,
-        "SELECT b.id, b.ref_count, (SELECT COUNT(*) FROM file_versions v WHERE v.blob_id = b.id)"
-        " FROM blobs b",
-    )
-    assert all(row[1] == row[2] for row in bad_refs), bad_refs
-    drives_rows = await sql(
-        app,
-        "SELECT d.id, d.used_bytes, d.reserved_bytes,"
-        " (SELECT COALESCE(SUM(v.size), 0) FROM file_versions v WHERE v.drive_id = d.id),"
-        " (SELECT COALESCE(SUM(f.size), 0) FROM upload_task_files f"
-        "   JOIN upload_tasks t ON t.id = f.task_id WHERE t.drive_id = d.id AND f.reserved)"
-        " FROM drives d",
-    )
-    for drive_id, used, reserved, versions, held in drives_rows:
-        assert used == versions, (drive_id, used, versions)
-        assert reserved == held, (drive_id, reserved, held)
+    """The invariants, recounted with plain SQL: the drive checker (blob references, used and
+    reserved bytes, the tree), plus each task's reserved bytes."""
+    await check_accounting(app)
     tasks_rows = await sql(
         app,
         "SELECT t.id, t.reserved_bytes,"

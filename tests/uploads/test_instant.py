@@ -408,7 +408,11 @@ async def test_conflicts_fail_only_their_file(client, app) -> None:
     moved_away = await create_task(client, headers, [entry("gone/x.bin", content)])
     file_id = moved_away["files"][0]["id"]
     challenge = (await challenges(client, headers, moved_away, [file_id]))[file_id]["challenge"]
-    await sql(app, "UPDATE folders SET trashed_at = CURRENT_TIMESTAMP WHERE path = '/gone'")
+    await sql(  # as the trash endpoint marks it (the folder is its own trash root)
+        app,
+        "UPDATE folders SET trashed_at = CURRENT_TIMESTAMP, trash_root_id = id "
+        "WHERE path = '/gone'",
+    )
     proof = {"token": challenge["token"], "digest": prove(challenge, content)}
     late = await check(client, headers, moved_away, [{"file_id": file_id, "proof": proof}])
     assert late["files"][0]["result"] == "upload" and late["files"][0]["status"] == "failed"
