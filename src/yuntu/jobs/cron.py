@@ -8,12 +8,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from croniter import croniter
-from sqlalchemy import insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.jobs import service
+from yuntu.kit.db import insert_ignoring_conflicts
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.logging import get_logger
 from yuntu.models.jobs import CronRun, Job
@@ -59,14 +57,8 @@ def unregister(name: str) -> None:
 async def claim_slot(session: AsyncSession, entry: Schedule, slot: datetime) -> Job | None:
     """Insert the (schedule, slot) row and enqueue its job, in one transaction. Returns None
     when another worker already took this slot."""
-    dialect = session.bind.dialect.name
     values = {"schedule": entry.name, "slot": slot}
-    if dialect == "postgresql":
-        statement: Any = pg_insert(CronRun).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite_insert(CronRun).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only the two supported databases
-        statement = insert(CronRun).values(**values)
+    statement = insert_ignoring_conflicts(session.bind.dialect.name, CronRun).values(**values)
     result = await session.execute(statement.returning(CronRun.id))
     run_id = result.scalar()
     if run_id is None:

@@ -151,6 +151,8 @@ class Database:
         self.auth_cache: Any = None
         self.storage: Any = None  # the BlobStore (yuntu.storage)
         self.settings: Any = None
+        # Values that never change once committed (system account ids), per database.
+        self.constants: dict[Any, Any] = {}
         info = {_DATABASE: self}
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         # Sessions for requests that only read. On SQLite they must not write: the harness gives
@@ -183,6 +185,17 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+
+
+def insert_ignoring_conflicts(dialect: str, table: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING on either database (add .values() and .returning())."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 _MISSING = object()
@@ -245,5 +258,6 @@ __all__ = [
     "TimestampMixin",
     "UTCDateTime",
     "bulk_insert",
+    "insert_ignoring_conflicts",
     "utcnow",
 ]

@@ -75,6 +75,27 @@ class E:
     NAME_CONFLICT = ErrorSpec(
         409006, "NAME_CONFLICT", "同名文件或文件夹已存在", "An item with this name already exists"
     )
+    IDEMPOTENCY_KEY_REUSED = ErrorSpec(
+        409008,
+        "IDEMPOTENCY_KEY_REUSED",
+        "幂等键已用于另一个请求",
+        "This Idempotency-Key was already used for a different request",
+    )
+    IDEMPOTENCY_IN_FLIGHT = ErrorSpec(
+        409009,
+        "IDEMPOTENCY_IN_FLIGHT",
+        "相同幂等键的请求正在处理，请稍后重试",
+        "A request with this Idempotency-Key is being processed; retry shortly",
+    )
+    HOLD_CLOSED = ErrorSpec(
+        409010, "HOLD_CLOSED", "冻结已结束", "The hold is already captured, released or expired"
+    )
+    HOLD_EXCEEDED = ErrorSpec(
+        409011, "HOLD_EXCEEDED", "扣款超过冻结余额", "Capture exceeds what is left of the hold"
+    )
+    ORDER_NOT_PAYABLE = ErrorSpec(
+        409012, "ORDER_NOT_PAYABLE", "订单状态不允许此操作", "The order cannot change this way"
+    )
     RETRY_LIMIT = ErrorSpec(
         409007, "RETRY_LIMIT", "已达到重试次数上限", "No attempts left for this file"
     )
@@ -106,6 +127,12 @@ class E:
     )
     API_KEY_INVALID = ErrorSpec(
         401007, "API_KEY_INVALID", "API 密钥无效", "API key invalid or revoked"
+    )
+    SIGNATURE_INVALID = ErrorSpec(
+        401008,
+        "SIGNATURE_INVALID",
+        "回调签名或授权无效",
+        "Callback signature or authorization invalid",
     )
 
     INSUFFICIENT_BALANCE = ErrorSpec(

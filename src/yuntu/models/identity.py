@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from yuntu.kit.db import Base, IdMixin, TimestampMixin, UTCDateTime, utcnow
@@ -43,6 +53,12 @@ class User(IdMixin, TimestampMixin, Base):
     role: Mapped[str] = mapped_column(String(16), default=UserRole.USER, nullable=False)
     member_level: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # PicKitchen membership, kept in step with the user's subscriptions by the ledger.
+    is_vip: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    vip_type: Mapped[str | None] = mapped_column(String(16))
+    vip_expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Device(IdMixin, Base):
