@@ -123,13 +123,18 @@ async def app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterat
 
 
 async def assert_consistent(application: FastAPI) -> None:
-    """`yuntu drive fsck` on the app's database and storage: every test ends clean (blob
-    reference counts, drive usage and reservations, task counters, no orphan objects)."""
+    """`yuntu drive fsck` and `yuntu ledger verify` on the app's database and storage: every
+    test ends clean (blob reference counts, drive usage and reservations, task counters, no
+    orphan objects; balances equal the sums of transfers, holds, orders and bills consistent)."""
     from yuntu.drive import fsck
+    from yuntu.ledger import verify
 
     await asyncio.sleep(0.05)  # after-commit storage clean-ups run as tasks
     report = await fsck.run(application.state.db)
     assert report.clean, report.as_dict()
+    async with application.state.db.read_sessionmaker() as session:
+        ledger = await verify.verify(session)
+    assert ledger.ok, ledger.as_dict()
 
 
 @pytest.fixture

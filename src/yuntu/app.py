@@ -34,6 +34,11 @@ from yuntu.kit.logging import configure_logging, get_logger
 from yuntu.kit.metrics import Metrics
 from yuntu.kit.pubsub import PubSub, create_pubsub
 from yuntu.kit.ratelimit import RateLimiter
+from yuntu.ledger.admin_endpoints import router as ledger_admin_router
+from yuntu.ledger.payment_endpoints import router as payment_router
+from yuntu.ledger.points_endpoints import router as points_router
+from yuntu.ledger.subscription_endpoints import router as subscription_router
+from yuntu.ledger.user_endpoints import router as ledger_user_router
 from yuntu.ops.endpoints import router as ops_router
 from yuntu.settings import Settings
 from yuntu.storage import open_store
@@ -160,6 +165,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(upload_transfer_router, prefix=API_PREFIX)
     app.include_router(download_router, prefix=API_PREFIX)
     app.include_router(download_public_router)
+    app.include_router(ledger_user_router, prefix=API_PREFIX)
+    app.include_router(payment_router, prefix=API_PREFIX)
+    app.include_router(points_router, prefix=API_PREFIX)
+    app.include_router(subscription_router, prefix=API_PREFIX)
+    app.include_router(ledger_admin_router, prefix=API_PREFIX)
     app.include_router(events_router)
     if settings.cors_origins:
         app.add_middleware(

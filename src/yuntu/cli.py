@@ -13,6 +13,7 @@ import typer
 from yuntu import __version__
 from yuntu.drive.cli import drive_app
 from yuntu.jobs.cli import jobs_app, worker_command
+from yuntu.ledger.cli import ledger_app, rewards_app
 from yuntu.settings import ConfigError, Settings, mask_url
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(drive_app, name="drive")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(rewards_app, name="rewards")
 
 
 def _settings(*, check_secret: bool = False) -> Settings:

@@ -7,12 +7,13 @@ import ipaddress
 import json
 import os
 import secrets
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values that appear in examples, tutorials and our own docs: never acceptable in production.
@@ -42,6 +43,14 @@ def _split_csv(value: object) -> object:
             return [item.strip() for item in parsed if item.strip()]
         return [item.strip() for item in stripped.split(",") if item.strip()]
     return value
+
+
+class PointsProduct(BaseModel):
+    product_id: str = Field(min_length=1, max_length=128)
+    points: int = Field(ge=1, le=10**9)
+    price: Decimal = Field(ge=0, le=1_000_000, decimal_places=2)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    title: str | None = None
 
 
 class Settings(BaseSettings):
@@ -143,6 +152,66 @@ class Settings(BaseSettings):
         default=2000, ge=255, le=2000, description="Longest folder path (UTF-8 bytes)"
     )
 
+    payment_provider: Literal["dev_simulated", "none"] | None = Field(
+        default=None,
+        description="Who takes recharge payments. `dev_simulated` is a development stand-in "
+        "(its checkout confirms through a signed callback; no money moves) and is refused in "
+        "production; `none` turns recharge off. Unset: `dev_simulated` in development, `none` "
+        "in production",
+    )
+    recharge_min_fen: int = Field(default=100, ge=1, description="Smallest recharge, in fen")
+    recharge_max_fen: int = Field(
+        default=5_000_000, ge=1, description="Largest single recharge, in fen"
+    )
+    order_expiry_minutes: int = Field(
+        default=30, ge=1, description="An unpaid order expires after this"
+    )
+    hold_expiry_hours: float = Field(
+        default=72.0, gt=0, description="Default lifetime of a hold not captured or released"
+    )
+    idempotency_retention_hours: float = Field(
+        default=24.0, ge=1, description="How long an Idempotency-Key's first response is kept"
+    )
+    points_products: list[PointsProduct] = Field(
+        default_factory=lambda: [
+            PointsProduct(
+                product_id="points_1000", points=1000, price=Decimal("0.99"), currency="USD"
+            ),
+            PointsProduct(
+                product_id="points_6000", points=6000, price=Decimal("4.99"), currency="USD"
+            ),
+            PointsProduct(
+                product_id="points_15000", points=15000, price=Decimal("9.99"), currency="USD"
+            ),
+        ],
+        description="Points packs on sale (JSON list of {product_id, points, price, currency, "
+        "title}); product_id is the store's (RevenueCat) product id",
+    )
+    subscription_plans: dict[str, str] = Field(
+        default_factory=dict,
+        description="Store product id -> plan type (weekly, monthly, yearly, lifetime); products "
+        "not listed are classified by the period word in their id",
+    )
+    revenuecat_webhook_auth: SecretStr | None = Field(
+        default=None,
+        description="The Authorization header value configured in RevenueCat's dashboard; the "
+        "webhook answers 401 to everything while it is unset",
+    )
+    revenuecat_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="When set, `X-RevenueCat-Webhook-Signature` (HMAC-SHA256) is required too",
+    )
+    revenuecat_signature_tolerance_seconds: int = Field(default=300, ge=1)
+    weekly_reward_enabled: bool = True
+    weekly_reward_points: int = Field(default=2000, ge=1)
+    weekly_reward_cron: str = Field(
+        default="0 0 * * 1", description="When the weekly subscriber reward runs (UTC)"
+    )
+    weekly_reward_plans: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["weekly"], description="Plan types that earn the weekly reward"
+    )
+    weekly_reward_batch: int = Field(default=100, ge=1, le=10_000)
+
     wechat_app_id: str | None = None
     wechat_app_secret: SecretStr | None = None
     wechat_redirect_uri: str | None = None
@@ -151,7 +220,9 @@ class Settings(BaseSettings):
     wechat_session_ttl_seconds: int = Field(default=300, ge=30)
     wechat_timeout_seconds: float = Field(default=10.0, gt=0)
 
-    @field_validator("trusted_proxies", "cors_origins", "plugins", mode="before")
+    @field_validator(
+        "trusted_proxies", "cors_origins", "plugins", "weekly_reward_plans", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -173,6 +244,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def effective_payment_provider(self) -> str:
+        if self.payment_provider is None:
+            return "none" if self.is_production else "dev_simulated"
+        return self.payment_provider
 
     @property
     def effective_database_url(self) -> str:
@@ -209,6 +286,7 @@ class Settings(BaseSettings):
     def _explicit_secret_key(self) -> str | None:
         """YUNTU_SECRET_KEY if set (an empty or blank value counts as unset); in production,
         refuse anything that is missing, a known default, short or low-entropy."""
+        self._refuse_simulations_in_production()
         raw = self.secret_key.get_secret_value() if self.secret_key else ""
         key = raw.strip()
         if not self.is_production:
@@ -234,6 +312,13 @@ class Settings(BaseSettings):
     def validate_secret_key(self) -> None:
         """Raise ConfigError when production would refuse the key; never writes anything."""
         self._explicit_secret_key()
+
+    def _refuse_simulations_in_production(self) -> None:
+        if self.is_production and self.payment_provider == "dev_simulated":
+            raise ConfigError(
+                "YUNTU_PAYMENT_PROVIDER=dev_simulated confirms payments nobody made; "
+                "refusing to start in production"
+            )
 
     def resolve_secret_key(self) -> str:
         """Return the signing key; generate and persist one (mode 0600, under the data dir) in

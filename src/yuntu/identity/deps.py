@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.identity import apikeys, service
 from yuntu.identity.service import AuthRuntime, Client
+from yuntu.kit import idempotency
 from yuntu.kit.clientip import client_address
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.http import get_db_session, is_read_only
@@ -88,6 +89,37 @@ async def current_user(
 
 
 CurrentUser = Annotated[AuthUser, Depends(current_user)]
+
+
+@dataclass(slots=True)
+class IdempotentAuth:
+    user: User
+    session_id: int
+    idempotency_key: str | None  # the client's key, scoped to this user, if it sent one
+
+
+async def idempotent_user(
+    request: Request,
+    session: DbSession,
+    auth: CurrentUser,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Any unique string (a UUID): a repeat of the request with the same key "
+            "returns the first response and does nothing again; a different request with the "
+            "same key answers 409.",
+        ),
+    ] = None,
+) -> IdempotentAuth:
+    key = await idempotency.begin(request, session, f"user:{auth.user.id}")
+    return IdempotentAuth(user=auth.user, session_id=auth.session_id, idempotency_key=key)
+
+
+IdempotentUser = Annotated[IdempotentAuth, Depends(idempotent_user)]
 
 
 async def current_admin(auth: CurrentUser) -> AuthUser:

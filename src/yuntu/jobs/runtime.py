@@ -10,6 +10,7 @@ from yuntu.jobs import builtin  # noqa: F401  (registers the engine's own handle
 from yuntu.jobs.worker import Worker
 from yuntu.kit.db import Database
 from yuntu.kit.pubsub import PubSub
+from yuntu.ledger import jobs as ledger_jobs  # noqa: F401  (holds, orders, rewards)
 from yuntu.settings import Settings
 from yuntu.uploads import jobs as upload_jobs  # noqa: F401  (upload housekeeping)
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from yuntu.kit import idempotency
 from yuntu.kit.errors import BY_STATUS, AppError, E, ErrorSpec
 from yuntu.kit.i18n import preferred_language
 from yuntu.kit.logging import get_logger
@@ -86,6 +87,11 @@ class TransactionalRoute(APIRoute):
             request.scope[_READ_ONLY_KEY] = read_only
             try:
                 response = await handler(request)
+                if request.scope.get(idempotency.SCOPE_KEY) is not None:
+                    await idempotency.remember(request, await get_db_session(request), response)
+            except idempotency.Replay as replay:
+                await _finish(request, commit=False)
+                return replay.response()
             except AppError as exc:
                 await _finish(request, commit=exc.commit)
                 raise

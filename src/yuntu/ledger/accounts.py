@@ -3,7 +3,9 @@ on the other side of every user movement."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from typing import cast
+
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.db import database_of, insert_ignoring_conflicts, on_commit, utcnow
@@ -11,7 +13,7 @@ from yuntu.kit.errors import E, ErrorSpec
 from yuntu.kit.ids import new_id
 from yuntu.models.ledger import Asset, HoldStatus, LedgerAccount, LedgerHold, SystemAccount
 
-ACCOUNTS = LedgerAccount.__table__
+ACCOUNTS = cast(Table, LedgerAccount.__table__)
 
 
 def insufficient(asset: str) -> ErrorSpec:

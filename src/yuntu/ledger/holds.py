@@ -10,8 +10,9 @@ hold states."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.db import utcnow
@@ -21,7 +22,7 @@ from yuntu.ledger.accounts import system_account, user_account
 from yuntu.ledger.transfers import Reference, Transfer, find, transfer
 from yuntu.models.ledger import HoldStatus, LedgerHold, SystemAccount, TransferType
 
-HOLDS = LedgerHold.__table__
+HOLDS = cast(Table, LedgerHold.__table__)
 
 TRANSITIONS: dict[HoldStatus, frozenset[HoldStatus]] = {
     HoldStatus.PENDING: frozenset(

@@ -13,9 +13,9 @@ returns the first transfer; with a different movement it is refused (409), as Ti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.db import insert_ignoring_conflicts, utcnow
@@ -24,7 +24,7 @@ from yuntu.kit.ids import new_id
 from yuntu.ledger.accounts import ACCOUNTS, insufficient
 from yuntu.models.ledger import LedgerTransfer, TransferType
 
-TRANSFERS = LedgerTransfer.__table__
+TRANSFERS = cast(Table, LedgerTransfer.__table__)
 MAX_AMOUNT = 10**15  # far above any real movement; keeps sums inside 64 bits
 
 
@@ -205,10 +205,11 @@ async def reverse(
     description: str | None = None,
     actor_user_id: int | None = None,
     partial_ok: bool = False,
+    to: int | None = None,
 ) -> Transfer | None:
-    """A correction: move (part of) an earlier transfer back. Never more than what is left
-    unreversed. With `partial_ok`, a debit side that cannot cover it gives back what it holds
-    (None if nothing): a refund after the points were spent."""
+    """A correction: move (part of) an earlier transfer back, to its debit side or to account
+    `to`. Never more than what is left unreversed. With `partial_ok`, a side that cannot cover
+    it gives back what it holds (None if nothing): a refund after the points were spent."""
     original = (
         await session.execute(select(TRANSFERS).where(TRANSFERS.c.id == original_id))
     ).first()
@@ -241,7 +242,7 @@ async def reverse(
         key=key or f"reversal:{original_id}:{reversed_so_far}",
         asset=original.asset,
         debit=original.credit_account_id,
-        credit=original.debit_account_id,
+        credit=to if to is not None else original.debit_account_id,
         amount=wanted,
         type=type,
         reverses_id=original_id,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from typing import cast as typed
 
-from sqlalchemy import String, and_, case, cast, func, literal, or_, select, union_all
+from sqlalchemy import String, Table, and_, case, cast, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.models.ledger import (
@@ -23,9 +24,9 @@ from yuntu.models.ledger import (
     TransferType,
 )
 
-A = LedgerAccount.__table__
-T = LedgerTransfer.__table__
-H = LedgerHold.__table__
+A = typed(Table, LedgerAccount.__table__)
+T = typed(Table, LedgerTransfer.__table__)
+H = typed(Table, LedgerHold.__table__)
 LIMIT = 20  # problems listed per check
 
 

@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("path", sa.String(length=512), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=False),
-        sa.Column("response_body", sa.String(), nullable=False),
+        sa.Column("response_body", sa.Text(), nullable=False),
         sa.Column("created_at", yuntu.kit.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("id", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_records")),
