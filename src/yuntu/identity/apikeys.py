@@ -15,7 +15,7 @@ from yuntu.models.identity import ApiKey
 
 KEY_PREFIX = "yk_"
 # Scopes a key may carry; domains add theirs here as they arrive.
-Scope = Literal["users:read", "users:write", "packages:read", "packages:admin"]
+Scope = Literal["users:read", "users:write", "ledger:read", "packages:read", "packages:admin"]
 KNOWN_SCOPES: frozenset[str] = frozenset(get_args(Scope))
 # last_used_at is written at most this often per key, so hot keys do not write on every call.
 _TOUCH_INTERVAL_SECONDS = 60

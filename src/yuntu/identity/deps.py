@@ -122,6 +122,15 @@ async def idempotent_user(
 IdempotentUser = Annotated[IdempotentAuth, Depends(idempotent_user)]
 
 
+async def idempotent_admin(auth: IdempotentUser) -> IdempotentAuth:
+    if auth.user.role != UserRole.ADMIN:
+        raise AppError(E.FORBIDDEN)
+    return auth
+
+
+IdempotentAdmin = Annotated[IdempotentAuth, Depends(idempotent_admin)]
+
+
 async def current_admin(auth: CurrentUser) -> AuthUser:
     if auth.user.role != UserRole.ADMIN:
         raise AppError(E.FORBIDDEN)
