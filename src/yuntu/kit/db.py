@@ -227,7 +227,8 @@ async def bulk_insert(
             await session.execute(insert(table), rows[start : start + chunk])
         return
     order = list(compiled.positiontup)
-    converters = [table.c[key].type.bind_processor(dialect) for key in order]
+    # dialect_impl: the dialect's own processor too (SQLite's DATETIME text with microseconds).
+    converters = [table.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in order]
     active: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
         (i, process, {}) for i, process in enumerate(converters) if process is not None
     ]
