@@ -10,7 +10,7 @@ from yuntu.jobs import builtin  # noqa: F401  (registers the engine's own handle
 from yuntu.jobs.worker import Worker
 from yuntu.kit.db import Database
 from yuntu.kit.pubsub import PubSub
-from yuntu.ledger import jobs as ledger_jobs  # noqa: F401  (holds, orders, rewards)
+from yuntu.ledger import jobs as ledger_jobs  # holds, orders, rewards
 from yuntu.settings import Settings
 from yuntu.uploads import jobs as upload_jobs  # noqa: F401  (upload housekeeping)
 
@@ -29,6 +29,7 @@ def build_worker(
     concurrency: int | None = None,
 ) -> Worker:
     load_plugins(settings)
+    ledger_jobs.configure_schedules(settings)
     return Worker(
         db,
         bus=bus,

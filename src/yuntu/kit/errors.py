@@ -96,6 +96,12 @@ class E:
     ORDER_NOT_PAYABLE = ErrorSpec(
         409012, "ORDER_NOT_PAYABLE", "订单状态不允许此操作", "The order cannot change this way"
     )
+    PAYMENT_MISMATCH = ErrorSpec(
+        409020,
+        "PAYMENT_MISMATCH",
+        "支付通知的金额或币种与订单不符",
+        "The payment notice's amount or currency does not match the order",
+    )
     RETRY_LIMIT = ErrorSpec(
         409007, "RETRY_LIMIT", "已达到重试次数上限", "No attempts left for this file"
     )
