@@ -72,6 +72,17 @@ async def truncate_all(url: str) -> None:
         if connection.dialect.name == "postgresql":
             await connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
         else:
+            # ON DELETE RESTRICT is checked row by row on SQLite: a table referring to itself
+            # that way (a reversal to the transfer it reverses) drops those references first.
+            for table in metadata.sorted_tables:
+                for column in table.columns:
+                    if any(
+                        fk.column.table is table and fk.ondelete == "RESTRICT"
+                        for fk in column.foreign_keys
+                    ):
+                        await connection.execute(
+                            text(f"UPDATE {table.name} SET {column.name} = NULL")
+                        )
             for table in tables:
                 await connection.execute(text(f"DELETE FROM {table}"))
     await engine.dispose()

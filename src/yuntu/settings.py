@@ -202,6 +202,11 @@ class Settings(BaseSettings):
         description="When set, `X-RevenueCat-Webhook-Signature` (HMAC-SHA256) is required too",
     )
     revenuecat_signature_tolerance_seconds: int = Field(default=300, ge=1)
+    revenuecat_accept_sandbox: bool | None = Field(
+        default=None,
+        description="Act on SANDBOX events (test purchases cost nothing). Unset: yes in "
+        "development, no in production, where they are recorded and ignored",
+    )
     weekly_reward_enabled: bool = True
     weekly_reward_points: int = Field(default=2000, ge=1)
     weekly_reward_cron: str = Field(
@@ -244,6 +249,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def effective_revenuecat_accept_sandbox(self) -> bool:
+        if self.revenuecat_accept_sandbox is None:
+            return not self.is_production
+        return self.revenuecat_accept_sandbox
 
     @property
     def effective_payment_provider(self) -> str:
