@@ -68,7 +68,12 @@ class Settings(BaseSettings):
         default=None, description="Blob storage; default local disk under the data dir"
     )
     secret_key: SecretStr | None = None
-    node_id: int = Field(default=0, ge=0, le=1023, description="Snowflake node id (10 bits)")
+    node_id: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Snowflake node id (10 bits); unset: random per process",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

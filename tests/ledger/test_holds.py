@@ -82,3 +82,23 @@ async def test_overflow_capture_spends_from_balance_and_closes(ledger_db: Databa
             )
     async with ledger_db.read_sessionmaker() as session:
         assert await accounts.balance_of(session, alice, Asset.CNY) == (850, 0)
+
+
+async def test_capture_key_reused_with_another_amount_is_refused(ledger_db: Database) -> None:
+    alice = await make_user(ledger_db, "alice")
+    await credit(ledger_db, alice, 1000, "seed")
+    async with ledger_db.transaction() as session:
+        hold = await holds.place(
+            session,
+            key="h1",
+            user_id=alice,
+            asset=Asset.CNY,
+            amount=300,
+            expires_in=timedelta(hours=1),
+        )
+        await holds.capture(session, hold.id, 100, key="frame-1")
+    async with ledger_db.transaction() as session:
+        with pytest.raises(AppError) as refused:
+            await holds.capture(session, hold.id, 120, key="frame-1")
+        assert refused.value.spec.name == "IDEMPOTENCY_KEY_REUSED"
+        await holds.release(session, hold.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from datetime import UTC, datetime
@@ -50,10 +51,20 @@ class SnowflakeGenerator:
 _generator = SnowflakeGenerator()
 
 
-def configure(node_id: int) -> None:
-    global _generator
+def configure(node_id: int | None) -> None:
+    """Use `node_id`; None picks one at random, once per process. Ids are unique per node, so a
+    fixed shared default would let two processes (a server and a CLI command, say) mint the same
+    id in the same millisecond: a random node makes that unlikely, an explicit one rules it out."""
+    global _generator, _random_node
+    if node_id is None:
+        if _random_node is None:
+            _random_node = secrets.randbelow(MAX_NODE + 1)
+        node_id = _random_node
     if _generator.node_id != node_id:
         _generator = SnowflakeGenerator(node_id)
+
+
+_random_node: int | None = None
 
 
 def new_id() -> int:

@@ -12,14 +12,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.db import utcnow
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.ids import new_id
-from yuntu.ledger.accounts import system_account, user_account
-from yuntu.ledger.transfers import Reference, Transfer, find, transfer
+from yuntu.ledger.accounts import ACCOUNTS, insufficient, system_account, user_account
+from yuntu.ledger.transfers import Reference, Transfer, find, stored_key, transfer
 from yuntu.models.ledger import HoldStatus, LedgerHold, SystemAccount, TransferType
 
 HOLDS = cast(Table, LedgerHold.__table__)
@@ -51,6 +51,7 @@ async def place(
 ) -> LedgerHold:
     """Hold `amount` of the user's `asset` (402 when not available). The same key returns the
     hold placed first."""
+    key = stored_key(key)
     existing = await session.scalar(select(LedgerHold).where(LedgerHold.idempotency_key == key))
     if existing is not None:
         if (existing.asset, existing.amount) != (asset, amount):
@@ -73,19 +74,26 @@ async def place(
     )
     session.add(hold)
     await session.flush()
-    await transfer(
-        session,
-        key=f"hold:{hold.id}",
-        asset=asset,
-        debit=account,
-        credit=holds_account,
-        amount=amount,
-        type=TransferType.HOLD,
-        hold_id=hold.id,
-        reference=reference,
-        description=description,
-        system_last=True,
-    )
+    try:
+        await transfer(
+            session,
+            key=f"hold:{hold.id}",
+            asset=asset,
+            debit=account,
+            credit=holds_account,
+            amount=amount,
+            type=TransferType.HOLD,
+            hold_id=hold.id,
+            reference=reference,
+            description=description,
+            system_last=True,
+        )
+    except AppError:
+        # Refused (402): leave no hold behind, even for a caller that handles the error and
+        # commits (a task marked "insufficient balance" in the same transaction).
+        await session.execute(delete(HOLDS).where(HOLDS.c.id == hold.id))
+        session.expunge(hold)
+        raise
     return hold
 
 
@@ -118,7 +126,10 @@ async def capture(
     hold = await get(session, hold_id)
     done = [found for found in (await find(session, key), await find(session, f"{key}:overflow"))]
     if any(done):
-        return [found for found in done if found is not None]
+        earlier = [found for found in done if found is not None]
+        if sum(found.amount for found in earlier) != amount:
+            raise AppError(E.IDEMPOTENCY_KEY_REUSED, details={"idempotency_key": key})
+        return earlier
     if hold.status != HoldStatus.PENDING:
         raise AppError(E.HOLD_CLOSED)
     if amount > hold.remaining and not overflow:
@@ -142,6 +153,25 @@ async def capture(
         )
         if taken is None:  # a concurrent capture or release got there first
             raise AppError(E.HOLD_EXCEEDED)
+    if extra > 0:
+        # Row locks go hold, user account, system accounts in every ledger transaction; the
+        # overflow debits the user after the system rows are locked, so lock the user first
+        # (else a capture and a spend of the same user deadlock on PostgreSQL), and refuse
+        # before anything moved when the balance cannot cover the overflow.
+        balance = await session.scalar(
+            select(ACCOUNTS.c.balance)
+            .where(ACCOUNTS.c.id == hold.account_id)
+            .with_for_update(key_share=True)
+        )
+        if balance is None or balance < extra:
+            if from_hold > 0:
+                await session.execute(
+                    update(HOLDS)
+                    .where(HOLDS.c.id == hold.id)
+                    .values(captured=HOLDS.c.captured - from_hold, updated_at=utcnow())
+                )
+            raise AppError(insufficient(hold.asset))
+    if from_hold > 0:
         moved.append(
             await transfer(
                 session,

@@ -12,20 +12,34 @@ returns the first transfer; with a different movement it is refused (409), as Ti
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from yuntu.kit.db import insert_ignoring_conflicts, utcnow
+from yuntu.kit.db import utcnow
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.ids import new_id
-from yuntu.ledger.accounts import ACCOUNTS, insufficient
+from yuntu.ledger.accounts import ACCOUNTS, insufficient, is_system, run
 from yuntu.models.ledger import LedgerTransfer, TransferType
 
 TRANSFERS = cast(Table, LedgerTransfer.__table__)
 MAX_AMOUNT = 10**15  # far above any real movement; keeps sums inside 64 bits
+KEY_LENGTH = 255  # the column's width
+
+
+def stored_key(key: str) -> str:
+    """The key as stored. Keys derived from a client's Idempotency-Key (up to 255 characters
+    itself) with a prefix, or a capture's `:overflow`, can be longer than the column: those are
+    kept as their first 150 and last 40 characters around their SHA-256, still one stored key
+    per key, with the prefix and the suffix readable."""
+    if len(key) <= KEY_LENGTH:
+        return key
+    return f"{key[:150]}#{hashlib.sha256(key.encode()).hexdigest()}{key[-40:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +72,38 @@ class Transfer:
 
 
 _FIELDS = tuple(name for name in Transfer.__slots__ if name != "created")  # type: ignore[attr-defined]
+_COLUMNS = (
+    *_FIELDS,
+    "description",
+    "actor_user_id",
+    "created_at",
+)
+
+# The statements of every transfer, built once (see accounts.run).
+_FIND = select(*(TRANSFERS.c[name] for name in _FIELDS)).where(
+    TRANSFERS.c.idempotency_key == bindparam("key")
+)
+_MOVE = (
+    update(ACCOUNTS)
+    .where(ACCOUNTS.c.id == bindparam("account"), ACCOUNTS.c.asset == bindparam("asset"))
+    .values(balance=ACCOUNTS.c.balance + bindparam("delta"), updated_at=bindparam("now"))
+    .returning(ACCOUNTS.c.balance)
+)
+_MOVE_GUARDED = _MOVE.where(
+    or_(ACCOUNTS.c.allow_negative, ACCOUNTS.c.balance >= bindparam("needed"))
+)
+_EXISTS = select(ACCOUNTS.c.id).where(
+    ACCOUNTS.c.id == bindparam("account"), ACCOUNTS.c.asset == bindparam("asset")
+)
+# Only the idempotency key may conflict: any other unique violation (two processes sharing a
+# snowflake node id) is an error, not a replay.
+_INSERTS = {
+    name: insert(TRANSFERS)
+    .values({column: bindparam(column) for column in _COLUMNS})
+    .on_conflict_do_nothing(index_elements=[TRANSFERS.c.idempotency_key])
+    .returning(TRANSFERS.c.id)
+    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 def _from_row(row: Any, created: bool) -> Transfer:
@@ -65,13 +111,7 @@ def _from_row(row: Any, created: bool) -> Transfer:
 
 
 async def find(session: AsyncSession, key: str) -> Transfer | None:
-    row = (
-        await session.execute(
-            select(*(TRANSFERS.c[name] for name in _FIELDS)).where(
-                TRANSFERS.c.idempotency_key == key
-            )
-        )
-    ).first()
+    row = (await run(session, _FIND, {"key": stored_key(key)})).first()
     return None if row is None else _from_row(row, created=False)
 
 
@@ -83,24 +123,17 @@ def _same_movement(existing: Transfer, values: dict[str, Any]) -> bool:
 
 
 async def _move(
-    session: AsyncSession, account_id: int, asset: str, delta: int, *, guard: bool
+    session: AsyncSession | AsyncConnection, account_id: int, asset: str, delta: int, *, guard: bool
 ) -> int:
     """Add `delta` to one balance; a guarded debit of an account that may not go negative
     matches no row when the balance is short. Returns the new balance."""
-    condition = and_(ACCOUNTS.c.id == account_id, ACCOUNTS.c.asset == asset)
+    params = {"account": account_id, "asset": asset, "delta": delta, "now": utcnow()}
     if guard:
-        condition = and_(condition, or_(ACCOUNTS.c.allow_negative, ACCOUNTS.c.balance >= -delta))
-    balance = await session.scalar(
-        update(ACCOUNTS)
-        .where(condition)
-        .values(balance=ACCOUNTS.c.balance + delta, updated_at=utcnow())
-        .returning(ACCOUNTS.c.balance)
-    )
+        params["needed"] = -delta
+    balance = (await run(session, _MOVE_GUARDED if guard else _MOVE, params)).scalar()
     if balance is None:
         if guard:
-            exists = await session.scalar(
-                select(ACCOUNTS.c.id).where(ACCOUNTS.c.id == account_id, ACCOUNTS.c.asset == asset)
-            )
+            exists = (await run(session, _EXISTS, {"account": account_id, "asset": asset})).scalar()
             if exists is not None:
                 raise AppError(insufficient(asset))
         raise LookupError(f"ledger account {account_id} of {asset} does not exist")
@@ -111,6 +144,10 @@ async def _ordered_accounts(session: AsyncSession, ids: tuple[int, int]) -> list
     """Every transaction locks account rows in one global order (user accounts before system
     accounts, then by id), so two opposite movements cannot deadlock. The shared system rows come
     last, which also keeps their locks shortest."""
+    kinds = [is_system(session, account) for account in ids]
+    if None not in kinds:  # both seen committed before: no need to ask
+        known = dict(zip(ids, kinds, strict=True))
+        return sorted(ids, key=lambda account: (known[account], account))
     rows = (
         await session.execute(
             select(ACCOUNTS.c.id, ACCOUNTS.c.code.is_not(None)).where(ACCOUNTS.c.id.in_(ids))
@@ -144,8 +181,7 @@ async def transfer(
         raise ValueError(f"transfer amount out of range: {amount}")
     if debit == credit:
         raise ValueError("a transfer needs two different accounts")
-    if len(key) > 255:
-        raise ValueError("idempotency key longer than 255 characters")
+    key = stored_key(key)
     values: dict[str, Any] = {
         "asset": asset,
         "debit_account_id": debit,
@@ -153,7 +189,10 @@ async def transfer(
         "amount": amount,
         "type": type.value,
     }
-    existing = await find(session, key)
+    await session.flush()  # pending ORM rows first, as autoflush would (a hold placed just now)
+    connection = await session.connection()
+    found = (await run(connection, _FIND, {"key": key})).first()
+    existing = None if found is None else _from_row(found, created=False)
     if existing is not None:
         if _same_movement(existing, values):
             return existing
@@ -165,8 +204,12 @@ async def transfer(
         order = [debit, credit] if system_last else [credit, debit]
     after: dict[int, int] = {}
     for account in order:
-        delta = -amount if account == debit else amount
-        after[account] = await _move(session, account, asset, delta, guard=account == debit)
+        try:
+            delta = -amount if account == debit else amount
+            after[account] = await _move(connection, account, asset, delta, guard=account == debit)
+        except AppError:
+            await _undo(connection, after, debit, asset, amount)
+            raise
 
     row = {
         **values,
@@ -183,16 +226,27 @@ async def transfer(
         "reference_id": None,
         **(reference.values() if reference else {}),
     }
-    inserted = await session.scalar(
-        insert_ignoring_conflicts(session.bind.dialect.name, TRANSFERS)
-        .values(**row)
-        .returning(TRANSFERS.c.id)
-    )
+    inserted = (await run(connection, _INSERTS[connection.dialect.name], row)).scalar()
     if inserted is None:
-        # A concurrent transaction committed the same key after our check: undo ours (the
-        # caller's transaction rolls back) and let the client retry into the replay.
+        # A concurrent transaction committed the same key after our check: undo ours and let
+        # the client retry into the replay.
+        await _undo(connection, after, debit, asset, amount)
         raise AppError(E.IDEMPOTENCY_IN_FLIGHT, details={"idempotency_key": key})
     return Transfer(**{name: row[name] for name in _FIELDS}, created=True)
+
+
+async def _undo(
+    session: AsyncSession | AsyncConnection,
+    moved: dict[int, int],
+    debit: int,
+    asset: str,
+    amount: int,
+) -> None:
+    """Take back the balance changes of a refused transfer, so that it changed nothing even
+    for a caller that handles the error and commits (one side may already have moved: the rows
+    are updated in lock order, not debit first)."""
+    for account in moved:
+        await _move(session, account, asset, amount if account == debit else -amount, guard=False)
 
 
 async def reverse(
@@ -210,8 +264,13 @@ async def reverse(
     """A correction: move (part of) an earlier transfer back, to its debit side or to account
     `to`. Never more than what is left unreversed. With `partial_ok`, a side that cannot cover
     it gives back what it holds (None if nothing): a refund after the points were spent."""
+    # Reversals of one transfer take turns on its row (FOR NO KEY UPDATE: rows that merely
+    # reference it are not blocked), so each reads what the previous ones left; otherwise two
+    # reversals with different keys could each take back the whole amount.
     original = (
-        await session.execute(select(TRANSFERS).where(TRANSFERS.c.id == original_id))
+        await session.execute(
+            select(TRANSFERS).where(TRANSFERS.c.id == original_id).with_for_update(key_share=True)
+        )
     ).first()
     if original is None:
         raise LookupError(f"transfer {original_id} does not exist")
