@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.db import Database
 from yuntu.models.drive import Blob, Drive, DriveFile, FileVersion
+from yuntu.models.render import RenderOutput, RenderTask
 from yuntu.models.uploads import MultipartUpload, UploadTask, UploadTaskFile
 from yuntu.storage.base import PENDING_PREFIX, StorageError
 
@@ -22,6 +23,13 @@ ReferenceQuery = Callable[[], Select[Any]]
 _REFERENCES: dict[str, ReferenceQuery] = {
     "file_versions": lambda: select(FileVersion.blob_id, func.count()).group_by(
         FileVersion.blob_id
+    ),
+    # a render task pins its scene, each render output its image
+    "render_tasks": lambda: select(RenderTask.scene_blob_id, func.count()).group_by(
+        RenderTask.scene_blob_id
+    ),
+    "render_outputs": lambda: select(RenderOutput.blob_id, func.count()).group_by(
+        RenderOutput.blob_id
     ),
 }
 

@@ -1,6 +1,15 @@
 """Every ORM table, one module per domain. Importing this package registers them all on Base."""
 
 from yuntu.kit.db import Base
-from yuntu.models import audit, drive, idempotency, identity, jobs, ledger, uploads  # noqa: F401
+from yuntu.models import (  # noqa: F401
+    audit,
+    drive,
+    idempotency,
+    identity,
+    jobs,
+    ledger,
+    render,
+    uploads,
+)
 
 metadata = Base.metadata
