@@ -9,6 +9,7 @@ TRANSITIONS is the table of allowed order states."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -84,6 +85,22 @@ async def create(
     session.add(order)
     await session.flush()
     return order
+
+
+async def replay_by_key(
+    session: AsyncSession, user_id: int, key: str | None, same: Callable[[Order], bool]
+) -> Order | None:
+    """The user's order created with client key `key`, when `same` says it was this request;
+    409 when the key made a different order. The request record normally replays first; after
+    its retention has passed the order still holds the key."""
+    if key is None:
+        return None
+    earlier = await session.scalar(
+        select(Order).where(Order.user_id == user_id, Order.idempotency_key == key)
+    )
+    if earlier is not None and not same(earlier):
+        raise AppError(E.IDEMPOTENCY_KEY_REUSED, details={"idempotency_key": key})
+    return earlier
 
 
 async def get_for_user(session: AsyncSession, user_id: int, order_id: int) -> Order:

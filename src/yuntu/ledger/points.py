@@ -77,18 +77,34 @@ async def create_order(
 ) -> tuple[Order, PointsProduct]:
     """A pending pack order the app then buys through RevenueCat."""
     product = _product(settings, product_id)
-    if idempotency_key is not None:
-        # The request-level replay answers repeats; this covers a key older than its retention.
-        earlier = await session.scalar(
-            select(Order).where(Order.user_id == user_id, Order.idempotency_key == idempotency_key)
-        )
-        if earlier is not None:
-            if earlier.kind != OrderKind.POINTS_PACK or earlier.product_id != product_id:
-                raise AppError(
-                    E.IDEMPOTENCY_KEY_REUSED, details={"idempotency_key": idempotency_key}
-                )
-            return earlier, product
-    order = await orders.create(
+    earlier = await orders.replay_by_key(
+        session,
+        user_id,
+        idempotency_key,
+        lambda order: (order.kind, order.product_id) == (OrderKind.POINTS_PACK, product_id),
+    )
+    if earlier is not None:
+        return earlier, product
+    order = await _new_order(
+        session,
+        user_id,
+        product,
+        idempotency_key=idempotency_key,
+        expires_in=timedelta(minutes=settings.order_expiry_minutes),
+    )
+    return order, product
+
+
+async def _new_order(
+    session: AsyncSession,
+    user_id: int,
+    product: PointsProduct,
+    *,
+    idempotency_key: str | None = None,
+    expires_in: timedelta | None = None,
+) -> Order:
+    """A pending order for one pack at its catalogue price."""
+    return await orders.create(
         session,
         user_id=user_id,
         kind=OrderKind.POINTS_PACK,
@@ -100,9 +116,8 @@ async def create_order(
         product_id=product.product_id,
         description=_description(product),
         idempotency_key=idempotency_key,
-        expires_in=timedelta(minutes=settings.order_expiry_minutes),
+        expires_in=expires_in,
     )
-    return order, product
 
 
 def _pack_order(user_id: int) -> Any:
@@ -205,18 +220,7 @@ async def _pay(
     for attempt in range(2):
         order = await _open_order(session, user_id, product.product_id) if attempt == 0 else None
         if order is None:
-            order = await orders.create(
-                session,
-                user_id=user_id,
-                kind=OrderKind.POINTS_PACK,
-                amount=minor_units(product.price),
-                currency=product.currency,
-                credit_asset=Asset.POINTS,
-                credit_amount=product.points,
-                provider=PROVIDER,
-                product_id=product.product_id,
-                description=_description(product),
-            )
+            order = await _new_order(session, user_id, product)
         await orders.mark_paid(
             session,
             order,

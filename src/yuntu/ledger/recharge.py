@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.errors import AppError, E
@@ -78,22 +77,17 @@ async def create_order(
         raise _amount_error(f"must be at least {fen_to_str(settings.recharge_min_fen)}")
     if amount_fen > settings.recharge_max_fen:
         raise _amount_error(f"must be at most {fen_to_str(settings.recharge_max_fen)}")
-    if idempotency_key is not None:
-        # The request record normally replays first; after its retention has passed the order
-        # still holds the key: the same request gets the same order, another one a 409.
-        existing = await session.scalar(
-            select(Order).where(Order.user_id == user_id, Order.idempotency_key == idempotency_key)
-        )
-        if existing is not None:
-            if (existing.kind, existing.amount, existing.description) != (
-                OrderKind.RECHARGE,
-                amount_fen,
-                description,
-            ):
-                raise AppError(
-                    E.IDEMPOTENCY_KEY_REUSED, details={"idempotency_key": idempotency_key}
-                )
-            return existing
+    earlier = await orders.replay_by_key(
+        session,
+        user_id,
+        idempotency_key,
+        lambda order: (
+            (order.kind, order.amount, order.description)
+            == (OrderKind.RECHARGE, amount_fen, description)
+        ),
+    )
+    if earlier is not None:
+        return earlier
     return await orders.create(
         session,
         user_id=user_id,
