@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, quote, urlencode
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from yuntu.render.settings import RenderSettings
+
 # Values that appear in examples, tutorials and our own docs: never acceptable in production.
 KNOWN_WEAK_SECRETS = frozenset(
     {"", "secret", "changeme", "change-me", "change_me", "dev", "development", "yuntu", "test"}
@@ -53,7 +55,7 @@ class PointsProduct(BaseModel):
     title: str | None = None
 
 
-class Settings(BaseSettings):
+class Settings(RenderSettings, BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="YUNTU_", env_file=".env", extra="ignore", validate_default=True
     )

@@ -96,6 +96,12 @@ class E:
     ORDER_NOT_PAYABLE = ErrorSpec(
         409012, "ORDER_NOT_PAYABLE", "订单状态不允许此操作", "The order cannot change this way"
     )
+    BUDGET_EXHAUSTED = ErrorSpec(
+        409013,
+        "BUDGET_EXHAUSTED",
+        "任务预算已用完",
+        "The task's budget is spent: raise it to resume",
+    )
     PAYMENT_MISMATCH = ErrorSpec(
         409020,
         "PAYMENT_MISMATCH",

@@ -37,6 +37,7 @@ from yuntu.kit.db import Base, IdMixin, TimestampMixin, UTCDateTime, utcnow
 class PausedReason(StrEnum):
     USER = "user"
     BUDGET = "budget"  # the budget cap was reached: no new frame is dispatched
+    BALANCE = "balance"  # the balance could not pay a frame: no new frame is dispatched
 
 
 class AgentStatus(StrEnum):
