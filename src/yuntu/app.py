@@ -40,6 +40,12 @@ from yuntu.ledger.points_endpoints import router as points_router
 from yuntu.ledger.subscription_endpoints import router as subscription_router
 from yuntu.ledger.user_endpoints import router as ledger_user_router
 from yuntu.ops.endpoints import router as ops_router
+from yuntu.render.admin_endpoints import router as render_admin_router
+from yuntu.render.agent.local import start_local_agent, stop_local_agent
+from yuntu.render.agent_endpoints import router as render_agent_router
+from yuntu.render.output_endpoints import agent_router as render_output_agent_router
+from yuntu.render.output_endpoints import router as render_output_router
+from yuntu.render.task_endpoints import router as render_task_router
 from yuntu.settings import Settings
 from yuntu.storage import open_store
 from yuntu.uploads.task_endpoints import router as upload_task_router
@@ -77,6 +83,8 @@ def upload_body_limit(settings: Settings) -> Callable[[str], int | None]:
             return direct
         if path == f"{API_PREFIX}/files/upload":
             return settings.upload_form_max_bytes
+        if path.startswith(f"{API_PREFIX}/agents/frames/") and "/outputs/" in path:
+            return settings.render_max_output_bytes
         if path.endswith("/files/check"):
             return max(settings.max_request_bytes, 64 * 1024 * 1024)
         if path == f"{API_PREFIX}/upload-tasks":
@@ -123,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.workers > 0 and getattr(app.state, "run_workers", True):
             app.state.worker = build_worker(app.state.db, app.state.bus, settings)
             await app.state.worker.start()
+        app.state.local_agent = await start_local_agent(app)
         # Everything loaded at start-up lives as long as the process: keep it out of the cyclic
         # collector's scans (large batches, e.g. a 10,000-file manifest, otherwise pay for
         # re-scanning the whole app on every collection).
@@ -131,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await stop_local_agent(app.state.local_agent)
             if app.state.worker is not None:
                 await app.state.worker.stop()
             if invalidations is not None:
@@ -170,6 +180,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(points_router, prefix=API_PREFIX)
     app.include_router(subscription_router, prefix=API_PREFIX)
     app.include_router(ledger_admin_router, prefix=API_PREFIX)
+    app.include_router(render_agent_router, prefix=API_PREFIX)
+    app.include_router(render_admin_router, prefix=API_PREFIX)
+    app.include_router(render_output_agent_router, prefix=API_PREFIX)
+    app.include_router(render_output_router, prefix=API_PREFIX)
+    app.include_router(render_task_router, prefix=API_PREFIX)
     app.include_router(events_router)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,4 +1,4 @@
-"""The `yuntu` command: serve, db, admin, config, version."""
+"""The `yuntu` command: serve, worker, agent, db, admin, config, version."""
 
 from __future__ import annotations
 
@@ -97,12 +97,16 @@ def serve(
             migrate.upgrade(settings.effective_database_url)
         except Exception as exc:  # one clear line (URL masked) instead of a traceback
             _fail(f"migration failed: {type(exc).__name__}: {_first_line(exc)}")
+    from yuntu.render.agent.local import local_url
+
     application = create_app(settings)
     application.state.run_workers = not no_worker
+    bind_host, bind_port = host or settings.host, port or settings.port
+    application.state.local_agent_url = local_url(bind_host, bind_port)  # the embedded agent's
     uvicorn.run(
         application,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=bind_host,
+        port=bind_port,
         log_config=None,
         access_log=False,
         proxy_headers=False,
@@ -121,6 +125,44 @@ def worker(
 ) -> None:
     """Run a job worker (distributed mode: next to `yuntu serve --no-worker`)."""
     worker_command(_settings(), queues, concurrency)
+
+
+@app.command()
+def agent(
+    server: Annotated[str, typer.Option(help="The server's base URL, e.g. https://yuntu.example")],
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="YUNTU_AGENT_TOKEN",
+            show_envvar=True,
+            help="Agent token (yta_...). Prefer the environment variable: an option is "
+            "visible to every user in `ps`",
+        ),
+    ] = None,
+    renderers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated, e.g. blender,maya/arnold (default: every one found)"),
+    ] = None,
+    slots: Annotated[int, typer.Option(min=1, max=64, help="Frame tasks run at once")] = 1,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Scene cache and renders (default DATA_DIR/render-agent)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The host name this node reports (default: its own)")
+    ] = None,
+) -> None:
+    """Run a render agent: pull frame tasks from SERVER over HTTP until SIGTERM or SIGINT."""
+    from yuntu.render.agent.command import agent_command
+
+    agent_command(
+        _settings(),
+        server=server,
+        token=token,
+        renderers=renderers,
+        slots=slots,
+        work_dir=work_dir,
+        name=name,
+    )
 
 
 @db_app.command("upgrade")

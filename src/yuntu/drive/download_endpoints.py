@@ -21,6 +21,7 @@ from yuntu.kit.http import own_transactions, release_session
 from yuntu.kit.routing import error_responses, make_router
 from yuntu.kit.schemas import Envelope, Id, Schema, UtcDatetime
 from yuntu.kit.text import line
+from yuntu.render.outputs import find_output
 
 router = make_router(tags=["downloads"], responses=error_responses(401, 404))
 public_router = make_router(tags=["downloads"])
@@ -356,15 +357,17 @@ async def scene_download(
     auth: CurrentUser,
     session: DbSession,
 ) -> Response:
-    """Looks for `filename` among the completed files of the caller's upload task `task_id`
-    (by name or relative path), then in `/scenes/{task_id}/` of the default drive."""
-    file, blob = await scenes.find_render_file(session, auth.user.id, task_id, filename)
+    """An output of the caller's render task `task_id`; else `filename` among the completed
+    files of the caller's upload task `task_id` (by name or relative path), then in
+    `/scenes/{task_id}/` of the default drive."""
+    output = await find_output(session, auth.user.id, task_id, filename)
+    file, blob = output or await scenes.find_render_file(session, auth.user.id, task_id, filename)
     db = request.app.state.db
     link = await downloads.sign_blob(
         db,
         blob,
-        file.name,
-        file.mime_type,
+        file.name if file is not None else filename,
+        file.mime_type if file is not None else None,
         ttl=downloads.link_ttl(db),
         base_url=_base_url(request),
     )

@@ -16,7 +16,7 @@ survive are deleted.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +44,7 @@ SCENES_FOLDER = "scenes"
 class Placed:
     file_id: int
     drive_id: int
+    folder_id: int
     path: str
     name: str
     size: int
@@ -69,14 +70,20 @@ async def save_staged(
     mtime: datetime | None = None,
     mime_type: str | None = None,
     source: str = "web",
+    before: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    after: Callable[[AsyncSession, Placed], Awaitable[None]] | None = None,
 ) -> Placed:
     """Place a staged object at `/<folder_segments>/<name>` of a drive the user may write
     (mkdir -p, conflict rename), in a transaction of its own. On any failure nothing is left:
-    no row, no reservation, no stored object."""
+    no row, no reservation, no stored object. `before` runs first in that transaction (a
+    caller's checks and row locks, taken ahead of the drive's), `after` once the file is placed
+    (a caller's own rows, e.g. a render output); either failing undoes everything."""
     store = store_of_db(db)
     adopted: str | None = None
     try:
         async with db.transaction() as session:
+            if before is not None:
+                await before(session)
             drive = await get_drive(session, drive_id, user_id, Level.WRITE)
             drives.check_file_allowed(drive, name, staged.size)
             root = await tree.get_folder(session, drive, None)
@@ -101,6 +108,7 @@ async def save_staged(
             placed = Placed(
                 file_id=file.id,
                 drive_id=drive.id,
+                folder_id=folder.id,
                 path=join(folder.path, file.name),
                 name=file.name,
                 size=file.size,
@@ -109,6 +117,8 @@ async def save_staged(
                 blob=blob,
                 duplicated=duplicated is not None,
             )
+            if after is not None:
+                await after(session, placed)
     except BaseException:
         await blobs.discard(store, staged.key)
         orphan = adopted is not None and adopted != staged.key

@@ -20,6 +20,7 @@ from yuntu.jobs import service as jobs
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.logging import get_logger
 from yuntu.models.identity import User
+from yuntu.render import service as render_tasks
 
 log = get_logger("yuntu.ws")
 CLOSE_UNAUTHENTICATED = 4001
@@ -78,7 +79,8 @@ async def serve(ws: WebSocket) -> None:
     async def forward() -> None:
         while True:
             event, text = await subscription.get_with_text()
-            if only_jobs and event.get("data", {}).get("job_id") not in only_jobs:
+            data = event.get("data", {})
+            if only_jobs and (data.get("job_id") or data.get("task_id")) not in only_jobs:
                 continue
             await ws.send_text(text)
 
@@ -143,18 +145,24 @@ async def _handle(
     if kind == "ping":
         return {"type": "pong", "data": {"ts": datetime.now(UTC).isoformat()}}
     if kind in ("subscribe", "unsubscribe"):
-        job_id = message.get("job_id")
-        if not isinstance(job_id, str | int) or not str(job_id).isdigit() or len(str(job_id)) > 19:
-            return _error("VALIDATION_ERROR", "job_id must be a job id string")
-        job_id = str(job_id)
+        # a job (`job_id`) or a render task (`task_id`)
+        field = "task_id" if "task_id" in message else "job_id"
+        target = message.get(field)
+        if not isinstance(target, str | int) or not str(target).isdigit() or len(str(target)) > 19:
+            return _error("VALIDATION_ERROR", f"{field} must be an id string")
+        target = str(target)
         if kind == "unsubscribe":
-            only_jobs.discard(job_id)
-            return {"type": "unsubscribed", "data": {"job_id": job_id}}
+            only_jobs.discard(target)
+            return {"type": "unsubscribed", "data": {field: target}}
         try:
             async with ws.app.state.db.read_sessionmaker() as session:
-                await jobs.get(session, int(job_id), owner_user_id=user.id)
+                if field == "task_id":
+                    await render_tasks.get(session, user.id, int(target))
+                else:
+                    await jobs.get(session, int(target), owner_user_id=user.id)
         except AppError:
-            return _error("NOT_FOUND", "no such job")  # another user's job looks missing too
-        only_jobs.add(job_id)
-        return {"type": "subscribed", "data": {"job_id": job_id}}
+            # another user's job or task looks missing too
+            return _error("NOT_FOUND", f"no such {'task' if field == 'task_id' else 'job'}")
+        only_jobs.add(target)
+        return {"type": "subscribed", "data": {field: target}}
     return _error("UNKNOWN_MESSAGE", f"unknown message type {kind[:40]!r}")

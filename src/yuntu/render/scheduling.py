@@ -22,7 +22,7 @@ Rules (Flamenco's failure handling, OpenCue's leases):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -42,6 +42,8 @@ from yuntu.render.states import FrameStatus as F
 BLOCK_AFTER = 3  # failures of one agent on one task before it is blocklisted for the task
 FAIL_AFTER_AGENTS = 3  # different agents a frame may fail on before it fails
 DEFAULT_LEASE_SECONDS = 60
+# Told about each task a claim or a lease sweep moved frames of (its events, its money).
+OnMoved = Callable[[int, Moved], Awaitable[None]]
 
 
 class Outcome(StrEnum):
@@ -99,6 +101,7 @@ async def claim(
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     *,
     now: datetime | None = None,
+    on_moved: OnMoved | None = None,
 ) -> list[FrameTask]:
     """Up to `limit` waiting frames for `agent`, now running under a lease of `lease_seconds`.
     `renderers` narrows what the agent registered (None: all of them)."""
@@ -149,6 +152,8 @@ async def claim(
             now=now,
         )
         claimed.extend(moved.frame_ids)
+        if on_moved is not None and moved.frame_ids:
+            await on_moved(task_id, moved)
     if not claimed:
         return []
     await _touch(session, agent.id, now)
@@ -183,9 +188,9 @@ async def heartbeat(
     """Extend the leases of the attempts (frame id -> attempt) `agent_id` is running; the
     others are answered `stop`."""
     now = _now(now)
-    await _touch(session, agent_id, now)
     result = Heartbeat()
     if not attempts:
+        await _touch(session, agent_id, now)
         return result
     pairs = [(frame_id, attempt) for frame_id, attempt in attempts.items()]
     extended = (
@@ -201,6 +206,8 @@ async def heartbeat(
             .execution_options(synchronize_session=False)
         )
     ).all()
+    # the agent's row after its frames: finish locks a frame, then the agent (one lock order)
+    await _touch(session, agent_id, now)
     result.extended = sorted(extended)
     result.stop = sorted(set(attempts) - set(extended))
     return result
@@ -307,7 +314,11 @@ async def is_blocked(session: AsyncSession, task_id: int, agent_id: int) -> bool
 
 
 async def requeue_expired(
-    session: AsyncSession, now: datetime | None = None, *, limit: int = 500
+    session: AsyncSession,
+    now: datetime | None = None,
+    *,
+    limit: int = 500,
+    on_moved: OnMoved | None = None,
 ) -> int:
     """Send running frames whose lease expired back to waiting (not the frame's failure: the
     agent went silent); returns how many moved. Run it from a periodic job."""
@@ -337,4 +348,6 @@ async def requeue_expired(
             now=now,
         )
         total += len(moved.frame_ids)
+        if on_moved is not None and moved.frame_ids:
+            await on_moved(task_id, moved)
     return total

@@ -1,0 +1,270 @@
+"""The agent-facing side of dispatch (docs/render-agents.md): claims with their assignments,
+heartbeats, log lines and finishing, each followed by `progress` (billing and live events) in
+the same transaction.
+
+Every call of an attempt is fenced by (frame, agent, attempt): an attempt that no longer holds
+its frame answers 409 INVALID_STATE and writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from yuntu.drive import downloads
+from yuntu.kit.db import Database, bulk_insert, database_of, on_commit
+from yuntu.kit.errors import AppError, E
+from yuntu.kit.ids import new_id
+from yuntu.models.drive import Blob
+from yuntu.models.render import AgentStatus, FrameTask, RenderAgent, RenderLog, RenderTask
+from yuntu.render import events, progress, scheduling
+from yuntu.render.frame_states import Moved
+from yuntu.render.scheduling import Finished, Report
+from yuntu.render.states import FrameStatus as F
+from yuntu.settings import Settings
+
+SWEEP_LIMIT = 100  # expired leases one claim sends back before claiming
+MAX_LINE = 4000  # characters kept of one log line
+MAX_LINES = 500  # log lines per call
+MAX_ERROR = 4000
+LEVELS = frozenset({"debug", "info", "warning", "error"})
+_LEVEL_ALIASES = {"warn": "warning", "err": "error", "fatal": "error", "critical": "error"}
+# C0 controls but tab (and newline in multi-line text), and DEL: PostgreSQL refuses NUL, and
+# terminal escapes garble a log viewer.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_LOGS = cast(Table, RenderLog.__table__)
+
+
+def settings_of(db: Database) -> Settings:
+    if db.settings is None:
+        return Settings(_env_file=None)  # type: ignore[call-arg]
+    return cast(Settings, db.settings)
+
+
+def clean_line(text: str, limit: int = MAX_LINE, *, multiline: bool = False) -> str:
+    """Storable text: no control characters, no lone surrogates, at most `limit` chars."""
+    text = (_CONTROL_TEXT if multiline else _CONTROL).sub(" ", text[:limit])
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _level(value: str) -> str:
+    level = value.strip().lower()
+    level = _LEVEL_ALIASES.get(level, level)
+    return level if level in LEVELS else "info"
+
+
+# -- lease expiry ------------------------------------------------------------------------------
+async def requeue_expired(
+    session: AsyncSession, *, now: datetime | None = None, limit: int = SWEEP_LIMIT
+) -> int:
+    """Send running frames whose lease expired back to waiting (scheduling.requeue_expired),
+    with `progress.frames_moved` for each task."""
+    bus = database_of(session).bus
+
+    async def moved(task_id: int, what: Moved) -> None:
+        await progress.frames_moved(session, task_id, what, bus=bus)
+
+    return await scheduling.requeue_expired(session, now, limit=limit, on_moved=moved)
+
+
+# -- claims ------------------------------------------------------------------------------------
+async def claim_for_agent(
+    db: Database,
+    agent_id: int,
+    *,
+    limit: int,
+    renderers: Sequence[str] | None = None,
+    base_url: str = "",
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Up to min(`limit`, the agent's slots) assignments, each with a signed scene link.
+
+    Two short transactions of its own: the lease sweep, then the claim. In one transaction the
+    two passes would each lock tasks in id order but together not, and two agents claiming at
+    once could deadlock on PostgreSQL."""
+    settings = settings_of(db)
+    now = now or datetime.now(UTC)
+    async with db.transaction() as session:
+        await requeue_expired(session, now=now)
+    async with db.transaction() as session:
+        # read again: the agent may have been disabled or revoked since it authenticated
+        agent = await session.get(RenderAgent, agent_id, populate_existing=True)
+        if agent is None or agent.status != AgentStatus.ACTIVE:
+            return []
+        bus = db.bus
+
+        async def moved(task_id: int, what: Moved) -> None:
+            await progress.frames_moved(session, task_id, what, bus=bus)
+
+        claimed = await scheduling.claim(
+            session,
+            agent,
+            renderers,
+            limit=max(0, min(limit, agent.slots)),
+            lease_seconds=settings.render_lease_seconds,
+            now=now,
+            on_moved=moved,
+        )
+        if not claimed:
+            return []
+        tasks = {
+            task.id: task
+            for task in await session.scalars(
+                select(RenderTask)
+                .where(RenderTask.id.in_({frame.task_id for frame in claimed}))
+                .execution_options(populate_existing=True)
+            )
+        }
+        blobs = {
+            blob.id: blob
+            for blob in await session.scalars(
+                select(Blob).where(Blob.id.in_({task.scene_blob_id for task in tasks.values()}))
+            )
+        }
+        ttl = downloads.link_ttl(db)
+        scenes: dict[int, dict[str, Any]] = {}
+        for task in tasks.values():
+            blob = blobs[task.scene_blob_id]
+            link = await downloads.sign_blob(
+                db, blob, task.scene_name, None, ttl=ttl, base_url=base_url
+            )
+            scenes[task.id] = {
+                "url": link.url,
+                "name": task.scene_name,
+                "size": blob.size,
+                "sha256": blob.sha256,
+            }
+        return [
+            _assignment(frame, tasks[frame.task_id], scenes[frame.task_id]) for frame in claimed
+        ]
+
+
+def _assignment(frame: FrameTask, task: RenderTask, scene: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "frame_id": frame.id,
+        "attempt": frame.attempts,
+        "task_id": task.id,
+        "task_name": task.name,
+        "software": task.software,
+        "software_version": task.software_version,
+        "renderer": task.renderer,
+        "frames": list(frame.frames),
+        "width": task.resolution_x,
+        "height": task.resolution_y,
+        "camera": task.camera,
+        "output_format": task.output_format,
+        "scene": scene,
+        "lease_expires_at": frame.lease_expires_at,
+    }
+
+
+# -- attempts ----------------------------------------------------------------------------------
+async def heartbeat(
+    session: AsyncSession,
+    agent: RenderAgent,
+    running: Mapping[int, int],
+    *,
+    now: datetime | None = None,
+) -> scheduling.Heartbeat:
+    """Extend the leases of the attempts (frame id -> attempt) the agent still holds; the
+    others are answered `stop`."""
+    db = database_of(session)
+    lease = settings_of(db).render_lease_seconds
+    return await scheduling.heartbeat(session, agent.id, running, lease, now=now)
+
+
+async def held_frame(
+    session: AsyncSession, frame_id: int, agent_id: int, attempt: int
+) -> tuple[FrameTask, RenderTask]:
+    """The frame and its task, when attempt `attempt` of `agent_id` holds the frame: 404 for
+    an unknown frame, 409 INVALID_STATE otherwise (lease lost, task cancelled, another agent's
+    frame). For the outputs endpoint too."""
+    row = (
+        await session.execute(
+            select(FrameTask, RenderTask)
+            .join(RenderTask, RenderTask.id == FrameTask.task_id)
+            .where(FrameTask.id == frame_id)
+            .execution_options(populate_existing=True)
+        )
+    ).one_or_none()
+    if row is None:
+        raise AppError(E.NOT_FOUND, message="no such frame task")
+    frame, task = row
+    if not (frame.status == F.RUNNING and frame.agent_id == agent_id and frame.attempts == attempt):
+        raise AppError(
+            E.INVALID_STATE,
+            message="this attempt no longer holds the frame (lease lost or task cancelled)",
+        )
+    return frame, task
+
+
+async def record_log(
+    session: AsyncSession,
+    agent: RenderAgent,
+    frame_id: int,
+    attempt: int,
+    lines: Sequence[tuple[str, str]],
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """Store (level, line) pairs of the attempt and publish them (task.log) once committed.
+    Lines are cleaned and cut to MAX_LINE characters; at most MAX_LINES are kept. Returns
+    whether the agent should stop the frame (never, today: a lost attempt answers 409)."""
+    frame, task = await held_frame(session, frame_id, agent.id, attempt)
+    now = now or datetime.now(UTC)
+    kept = [(_level(level), clean_line(line)) for level, line in lines[:MAX_LINES]]
+    if not kept:
+        return False
+    await bulk_insert(
+        session,
+        _LOGS,
+        [
+            {
+                "id": new_id(),
+                "task_id": task.id,
+                "frame_id": frame.id,
+                "agent_id": agent.id,
+                "attempt": attempt,
+                "level": level,
+                "line": line,
+                "created_at": now,
+            }
+            for level, line in kept
+        ],
+    )
+    bus = database_of(session).bus
+    payload = [{"level": level, "line": line} for level, line in kept]
+    user_id, task_id = task.user_id, task.id
+    on_commit(session, lambda: events.log(bus, user_id, task_id, frame_id, payload))
+    return False
+
+
+async def finish_frame(
+    session: AsyncSession,
+    agent: RenderAgent,
+    frame_id: int,
+    attempt: int,
+    report: Report,
+    *,
+    now: datetime | None = None,
+) -> tuple[Finished, int]:
+    """End the attempt (scheduling.finish: retries, blocklist), then bill and announce it
+    (progress.frame_finished). Returns the outcome and the fen charged."""
+    task_id = await session.scalar(select(FrameTask.task_id).where(FrameTask.id == frame_id))
+    if task_id is None:
+        raise AppError(E.NOT_FOUND, message="no such frame task")
+    if report.error is not None:
+        report = replace(report, error=clean_line(report.error, MAX_ERROR, multiline=True))
+    finished = await scheduling.finish(session, frame_id, agent.id, attempt, report, now=now)
+    db = database_of(session)
+    cost = await progress.frame_finished(
+        session, task_id, frame_id, finished, settings=settings_of(db), bus=db.bus
+    )
+    return finished, cost
