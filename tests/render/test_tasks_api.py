@@ -23,6 +23,7 @@ from tests.render.task_helpers import (
     scene,
     task_body,
 )
+from yuntu.render import billing
 from yuntu.render.scheduling import Outcome
 
 pytestmark = pytest.mark.anyio
@@ -101,9 +102,22 @@ async def test_frames_are_charged_and_completion_releases_the_rest(
     task = await create(client, alice)
     node = await agent(app)
     costs = []
-    for core_seconds in (10.0, 3.2, 0.0):
+    for core_seconds in (10.0, 3.2):
         (attempt,) = await claim(app, node)
         costs.append(await finish(app, node, attempt, core_seconds=core_seconds))
+    # within the hold the cost is recorded at once and charged to the bill later, in one line
+    running = ok(await client.get(f"{API}/tasks/{task['id']}", headers=alice))
+    assert running["cost"] == "0.14" and running["status"] == "rendering"
+    (bill,) = ok(await client.get(f"{API}/users/bills", headers=alice))["items"]
+    assert bill["status"] == "open" and bill["lines"] == []
+    async with app.state.db.transaction() as session:  # what the minute job does
+        assert await billing.flush(session, int(task["id"])) == 14
+        assert await billing.flush(session, int(task["id"])) == 0
+    (bill,) = ok(await client.get(f"{API}/users/bills", headers=alice))["items"]
+    assert bill["total"] == "0.14" and [line["quantity"] for line in bill["lines"]] == [2]
+    assert (await balance(client, alice))["held"] == "0.34"
+    (attempt,) = await claim(app, node)
+    costs.append(await finish(app, node, attempt, core_seconds=0.0))
     # 10 core-seconds at 1 fen each; 3.2 rounds up to 4; nothing metered pays the minimum (2)
     assert costs == [10, 4, 2]
     done = ok(await client.get(f"{API}/tasks/{task['id']}", headers=alice))
@@ -118,7 +132,7 @@ async def test_frames_are_charged_and_completion_releases_the_rest(
     bills = ok(await client.get(f"{API}/users/bills", headers=alice))["items"]
     (bill,) = bills
     assert bill["id"] == done["bill_id"] and bill["status"] == "closed"
-    assert bill["total"] == "0.16" and len(bill["lines"]) == 3
+    assert bill["total"] == "0.16" and [line["quantity"] for line in bill["lines"]] == [2, 1]
     frames = ok(await client.get(f"{API}/tasks/{task['id']}/frames", headers=alice))["items"]
     assert [f["cost"] for f in frames] == ["0.10", "0.04", "0.02"]
     assert [f["frames"] for f in frames] == ["1-2", "3-4", "5-6"]

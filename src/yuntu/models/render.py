@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -95,6 +96,13 @@ class RenderTask(IdMixin, TimestampMixin, Base):
     paused_reason: Mapped[str | None] = mapped_column(String(16))
     estimate: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     cost: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # the part of `cost` already charged to the bill, and the frame tasks it covers
+    billed: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default=text("0")
+    )
+    billed_frame_tasks: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
     hold_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("ledger_holds.id", ondelete="RESTRICT")
     )

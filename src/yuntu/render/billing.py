@@ -27,7 +27,6 @@ from yuntu.ledger import accounts, bills, holds
 from yuntu.ledger.transfers import Reference
 from yuntu.models.ledger import Asset, Bill, HoldStatus
 from yuntu.models.render import FrameTask, PausedReason, RenderTask
-from yuntu.render import frames as frame_specs
 from yuntu.render.pricing import RateCard
 from yuntu.render.states import TaskStatus as T
 from yuntu.settings import Settings
@@ -86,7 +85,7 @@ async def hold_estimate(session: AsyncSession, task: RenderTask, settings: Setti
 
 
 async def _money_left(session: AsyncSession, task: RenderTask) -> int:
-    """What a charge to this task may take: the hold's rest and the balance."""
+    """What the task may still take: the hold's rest and the balance."""
     available, _held = await accounts.balance_of(session, task.user_id, Asset.CNY)
     if task.hold_id is not None:
         hold = await holds.get(session, task.hold_id)
@@ -97,55 +96,92 @@ async def _money_left(session: AsyncSession, task: RenderTask) -> int:
 
 async def charge_frame(
     session: AsyncSession, task_id: int, frame_id: int, settings: Settings
-) -> int:
-    """Charge a frame task that just succeeded; returns the fen charged."""
-    task = await session.get(RenderTask, task_id, populate_existing=True)
-    frame = await session.get(FrameTask, frame_id, populate_existing=True)
-    assert task is not None and frame is not None
-    metered = rate_card(settings).frame_cost(
-        frame.core_seconds or 0, task.priority, frame.frame_count
-    )
+) -> tuple[int, PausedReason | None]:
+    """Price a frame task that just succeeded and add it to the task's cost. Returns the fen,
+    and the reason the task was just paused when the budget or the money ran short.
+    The caller holds the task's row (the frame move updated it), so the checks below cannot
+    race another finish of the same task.
+
+    Within what the hold covers, the cost is only recorded (task and frame); `flush` charges
+    it to the bill later in one line (after a minute at most, and when the task ends), so a
+    busy farm does not queue every frame on the user's ledger rows. Beyond the hold the frame
+    is charged at once, capped by what the balance has."""
+    row = (
+        await session.execute(
+            select(
+                RenderTask.priority,
+                RenderTask.budget,
+                RenderTask.cost,
+                RenderTask.billed,
+                RenderTask.estimate,
+                RenderTask.hold_id,
+                FrameTask.core_seconds,
+                FrameTask.frame_count,
+            )
+            .join(FrameTask, FrameTask.task_id == RenderTask.id)
+            .where(RenderTask.id == task_id, FrameTask.id == frame_id)
+        )
+    ).one()
+    priority, budget, spent, billed, estimate, hold_id, core_seconds, frame_count = row
+    metered = rate_card(settings).frame_cost(core_seconds or 0, priority, frame_count)
     cost = metered
     short: PausedReason | None = None
-    if task.budget is not None and cost > task.budget - task.cost:
-        cost, short = max(0, task.budget - task.cost), PausedReason.BUDGET
-    if cost > 0:
-        money = await _money_left(session, task)
+    if budget is not None and cost > budget - spent:
+        cost, short = max(0, budget - spent), PausedReason.BUDGET
+    held = 0 if hold_id is None else (estimate if budget is None else min(estimate, budget))
+    if cost > 0 and spent + cost > held:
+        task = await session.get(RenderTask, task_id, populate_existing=True)
+        assert task is not None
+        # what is already recorded but not billed is covered by the hold
+        money = await _money_left(session, task) - (spent - billed)
         if cost > money:
-            cost, short = money, PausedReason.BALANCE
+            cost, short = max(0, money), PausedReason.BALANCE
     if cost > 0:
-        bill = await _bill_of(session, task)
-        await bills.charge(
-            session,
-            bill,
-            cost,
-            key=f"frame:{frame.id}:{frame.attempts}",
-            description=f"{task.name}: frames {frame_specs.describe(frame.frames)}",
-            quantity=frame.frame_count,
-            unit="frame",
-            details={
-                "task_id": str(task.id),
-                "frame_task_id": str(frame.id),
-                "frames": frame_specs.describe(frame.frames),
-                "core_seconds": frame.core_seconds,
-                "metered": metered,
-            },
-        )
         await session.execute(
             update(FrameTask)
-            .where(FrameTask.id == frame.id)
+            .where(FrameTask.id == frame_id)
             .values(cost=cost)
             .execution_options(synchronize_session=False)
         )
         await session.execute(
             update(RenderTask)
-            .where(RenderTask.id == task.id)
+            .where(RenderTask.id == task_id)
             .values(cost=RenderTask.cost + cost)
             .execution_options(synchronize_session=False)
         )
-    if short is not None:
-        await pause_for(session, task.id, short)
-    return cost
+        if spent + cost > held:
+            await flush(session, task_id)
+    if short is not None and await pause_for(session, task_id, short):
+        return cost, short
+    return cost, None
+
+
+async def flush(session: AsyncSession, task_id: int) -> int:
+    """Charge what the task cost since its last charge to its bill, as one line for the frame
+    tasks it covers (the hold first, then the balance). Returns the fen charged."""
+    task = await session.get(RenderTask, task_id, populate_existing=True, with_for_update=True)
+    if task is None or task.cost <= task.billed:
+        return 0
+    amount = task.cost - task.billed
+    frame_tasks = task.frames_succeeded - task.billed_frame_tasks
+    bill = await _bill_of(session, task)
+    await bills.charge(
+        session,
+        bill,
+        amount,
+        key=f"cost:{task.cost}",  # the running total: one line per flush, a repeat charges once
+        description=f"{task.name}: {frame_tasks} frame task(s) rendered",
+        quantity=max(frame_tasks, 0),
+        unit="frame task",
+        details={"task_id": str(task.id), "cost_before": task.billed, "cost_after": task.cost},
+    )
+    await session.execute(
+        update(RenderTask)
+        .where(RenderTask.id == task.id)
+        .values(billed=task.cost, billed_frame_tasks=task.frames_succeeded)
+        .execution_options(synchronize_session=False)
+    )
+    return amount
 
 
 async def _bill_of(session: AsyncSession, task: RenderTask) -> Bill:
@@ -186,8 +222,13 @@ async def settle(session: AsyncSession, task_id: int, status: T) -> None:
         )
     ).one()
     hold_id, bill_id = row
+    await flush(session, task_id)
     if status == T.FAILED and hold_id is not None:
         await holds.release(session, hold_id)
+        # nothing is held any more: retried frames are charged from the balance at once
+        await session.execute(
+            update(RenderTask).where(RenderTask.id == task_id).values(hold_id=None)
+        )
     elif status in (T.COMPLETED, T.CANCELLED):
         await close(session, hold_id, bill_id)
 

@@ -86,18 +86,37 @@ async def claim_for_agent(
 ) -> list[dict[str, Any]]:
     """Up to min(`limit`, the agent's slots) assignments, each with a signed scene link.
 
-    Two short transactions of its own: the lease sweep, then the claim. In one transaction the
-    two passes would each lock tasks in id order but together not, and two agents claiming at
-    once could deadlock on PostgreSQL."""
-    settings = settings_of(db)
+    A claim that finds fewer frames than it asked for first sends expired leases back to
+    waiting and tries again: a busy farm does not pay for the sweep on every claim, and an
+    agent that waits for work gets a silent agent's frames at once. The sweep and the claims
+    are separate transactions: in one, the two passes would each lock tasks in id order but
+    together not, and two agents claiming at once could deadlock on PostgreSQL."""
     now = now or datetime.now(UTC)
+    got = await _claim(db, agent_id, limit, renderers, base_url, now)
+    if got is None or len(got) >= limit:
+        return got or []
     async with db.transaction() as session:
-        await requeue_expired(session, now=now)
+        swept = await requeue_expired(session, now=now)
+    if swept:
+        got += await _claim(db, agent_id, limit - len(got), renderers, base_url, now) or []
+    return got
+
+
+async def _claim(
+    db: Database,
+    agent_id: int,
+    limit: int,
+    renderers: Sequence[str] | None,
+    base_url: str,
+    now: datetime,
+) -> list[dict[str, Any]] | None:
+    """None when the agent may not claim (disabled, revoked, gone)."""
+    settings = settings_of(db)
     async with db.transaction() as session:
         # read again: the agent may have been disabled or revoked since it authenticated
         agent = await session.get(RenderAgent, agent_id, populate_existing=True)
         if agent is None or agent.status != AgentStatus.ACTIVE:
-            return []
+            return None
         bus = db.bus
 
         async def moved(task_id: int, what: Moved) -> None:

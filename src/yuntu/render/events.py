@@ -3,7 +3,10 @@
 Shapes (data):
 - task.status: {task_id, kind: "render", status, previous, paused_reason}
 - task.progress: {task_id, kind: "render", progress, frames: {waiting, running, succeeded,
-  failed, cancelled}, cost}
+  failed, cancelled}, cost ("12.34" yuan)}
+
+status and progress are sent once the transaction that made them commits (never for a move
+that rolled back, never before the new state can be read).
 - task.log: {task_id, kind: "render", frame_id, lines: [{level, line}]}
 """
 
@@ -12,8 +15,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from yuntu.jobs.events import publish_soon
+from yuntu.kit.db import on_commit
 from yuntu.kit.pubsub import PubSub
+from yuntu.ledger.money import fen_to_str
 from yuntu.render.states import FrameCounts
 
 
@@ -35,7 +42,14 @@ def counts_data(counts: FrameCounts) -> dict[str, int]:
     }
 
 
+def _after_commit(
+    session: AsyncSession, bus: PubSub | None, user_id: int, event: dict[str, Any]
+) -> None:
+    on_commit(session, lambda: publish_soon(bus, user_id, event))
+
+
 def status(
+    session: AsyncSession,
     bus: PubSub | None,
     user_id: int,
     task_id: int,
@@ -43,7 +57,8 @@ def status(
     previous: str | None,
     paused_reason: str | None = None,
 ) -> None:
-    publish_soon(
+    _after_commit(
+        session,
         bus,
         user_id,
         _message(
@@ -53,9 +68,15 @@ def status(
 
 
 def progress(
-    bus: PubSub | None, user_id: int, task_id: int, counts: FrameCounts, cost: int
+    session: AsyncSession,
+    bus: PubSub | None,
+    user_id: int,
+    task_id: int,
+    counts: FrameCounts,
+    cost: int,
 ) -> None:
-    publish_soon(
+    _after_commit(
+        session,
         bus,
         user_id,
         _message(
@@ -63,7 +84,7 @@ def progress(
             task_id,
             progress=round(counts.progress, 4),
             frames=counts_data(counts),
-            cost=cost,
+            cost=fen_to_str(cost),
         ),
     )
 

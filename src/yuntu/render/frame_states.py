@@ -53,6 +53,8 @@ class Moved:
     counts: FrameCounts
     previous_status: TaskStatus
     status: TaskStatus
+    user_id: int = 0  # the task's owner, for its events
+    cost: int = 0  # the task's cost so far, fen
 
     @property
     def task_changed(self) -> bool:
@@ -179,25 +181,49 @@ async def move_frames(
                     "updated_at": now,
                 }
             )
-            .returning(_TASKS.c.status, *(_TASKS.c[column] for column in COUNTER.values()))
+            .returning(
+                _TASKS.c.user_id,
+                _TASKS.c.cost,
+                _TASKS.c.status,
+                *(_TASKS.c[column] for column in COUNTER.values()),
+            )
         )
     ).one()
-    counts = FrameCounts(*row[1:])
-    previous = T(row[0])
+    counts = FrameCounts(*row[3:])
+    previous = T(row[2])
     status = await settle_task(session, task_id, previous, counts, now)
-    return Moved(frame_ids=moved, counts=counts, previous_status=previous, status=status)
+    return Moved(
+        frame_ids=moved,
+        counts=counts,
+        previous_status=previous,
+        status=status,
+        user_id=row[0],
+        cost=row[1],
+    )
 
 
 async def _task_unchanged(session: AsyncSession, task_id: int) -> Moved:
     row = (
         await session.execute(
             _TASKS.select()
-            .with_only_columns(_TASKS.c.status, *(_TASKS.c[c] for c in COUNTER.values()))
+            .with_only_columns(
+                _TASKS.c.user_id,
+                _TASKS.c.cost,
+                _TASKS.c.status,
+                *(_TASKS.c[c] for c in COUNTER.values()),
+            )
             .where(_TASKS.c.id == task_id)
         )
     ).one()
-    status = T(row[0])
-    return Moved(frame_ids=[], counts=FrameCounts(*row[1:]), previous_status=status, status=status)
+    status = T(row[2])
+    return Moved(
+        frame_ids=[],
+        counts=FrameCounts(*row[3:]),
+        previous_status=status,
+        status=status,
+        user_id=row[0],
+        cost=row[1],
+    )
 
 
 async def settle_task(

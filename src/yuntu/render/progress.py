@@ -4,11 +4,9 @@ in the same transaction."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.pubsub import PubSub
-from yuntu.models.render import RenderTask
 from yuntu.render import billing, events
 from yuntu.render.frame_states import Moved
 from yuntu.render.scheduling import Finished
@@ -20,25 +18,25 @@ SETTLING = frozenset({T.COMPLETED, T.FAILED, T.CANCELLED})
 
 
 async def frames_moved(
-    session: AsyncSession, task_id: int, moved: Moved, *, bus: PubSub | None
+    session: AsyncSession,
+    task_id: int,
+    moved: Moved,
+    *,
+    bus: PubSub | None,
+    cost: int | None = None,
 ) -> None:
     """After any frame move of task `task_id` (claim, lease expiry, cancel, retry): settle the
-    task's money if it just finished, and publish task.status / task.progress."""
+    task's money if it just finished, and publish task.status / task.progress. `cost` is the
+    task's cost when it changed after the move."""
     if not moved.frame_ids:
         return
     if moved.task_changed and moved.status in SETTLING:
         await billing.settle(session, task_id, moved.status)
-    row = (
-        await session.execute(
-            select(
-                RenderTask.user_id, RenderTask.cost, RenderTask.status, RenderTask.paused_reason
-            ).where(RenderTask.id == task_id)
-        )
-    ).one()
-    user_id, cost, status, paused_reason = row
-    if moved.task_changed or status != moved.status:
-        events.status(bus, user_id, task_id, status, str(moved.previous_status), paused_reason)
-    events.progress(bus, user_id, task_id, moved.counts, cost)
+    if moved.task_changed:
+        events.status(session, bus, moved.user_id, task_id, moved.status, moved.previous_status)
+    events.progress(
+        session, bus, moved.user_id, task_id, moved.counts, moved.cost if cost is None else cost
+    )
 
 
 async def frame_finished(
@@ -50,11 +48,14 @@ async def frame_finished(
     settings: Settings,
     bus: PubSub | None,
 ) -> int:
-    """After `scheduling.finish`: charge a succeeded frame at the rate card (capped by the
-    task's budget and the user's money), then as `frames_moved`. Returns the fen charged.
+    """After `scheduling.finish`: price a succeeded frame at the rate card (capped by the
+    task's budget and the user's money), then as `frames_moved`. Returns the fen it cost.
     The charge comes first: a task that just completed closes its bill in `frames_moved`."""
     cost = 0
+    moved = finished.moved
     if finished.frame_status == FrameStatus.SUCCEEDED:
-        cost = await billing.charge_frame(session, task_id, frame_id, settings)
-    await frames_moved(session, task_id, finished.moved, bus=bus)
+        cost, paused = await billing.charge_frame(session, task_id, frame_id, settings)
+        if paused is not None:
+            events.status(session, bus, moved.user_id, task_id, T.PAUSED, moved.status, paused)
+    await frames_moved(session, task_id, moved, bus=bus, cost=moved.cost + cost)
     return cost

@@ -168,10 +168,21 @@ async def claim(
     return sorted(rows, key=lambda frame: order[frame.id])
 
 
+TOUCH_EVERY = timedelta(seconds=2)
+
+
 async def _touch(session: AsyncSession, agent_id: int, now: datetime) -> None:
+    """Record that the agent is alive. At most every TOUCH_EVERY: a busy agent's slots would
+    otherwise all queue on its one row (a row that does not match is not locked)."""
     await session.execute(
         update(RenderAgent)
-        .where(RenderAgent.id == agent_id)
+        .where(
+            RenderAgent.id == agent_id,
+            or_(
+                RenderAgent.last_heartbeat_at.is_(None),
+                RenderAgent.last_heartbeat_at < now - TOUCH_EVERY,
+            ),
+        )
         .values(last_heartbeat_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -275,7 +286,6 @@ async def finish(
         raise _lost()
     if report.outcome != Outcome.SUCCEEDED:
         blocked = await _count_failure(session, row.task_id, agent_id)
-    await _touch(session, agent_id, now)
     return Finished(frame_status=target, moved=moved, agent_blocked=blocked)
 
 

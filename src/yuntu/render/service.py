@@ -22,6 +22,7 @@ from yuntu.drive.access import Level, get_drive
 from yuntu.kit.db import database_of
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.pubsub import PubSub
+from yuntu.ledger.money import fen_to_str
 from yuntu.models.drive import DriveFile
 from yuntu.models.render import (
     AgentTaskBlock,
@@ -183,13 +184,13 @@ async def submit(
                 **details,
                 "task_id": str(task.id),
                 "status": str(T.DRAFT),
-                "estimate": billing.hold_amount(task),
+                "hold": fen_to_str(billing.hold_amount(task)),
             },
             commit=True,
         )
     now = datetime.now(UTC)
     await _move_task(session, task, T.QUEUED, submitted_at=now)
-    events.status(bus, task.user_id, task.id, T.QUEUED, T.DRAFT)
+    events.status(session, bus, task.user_id, task.id, T.QUEUED, T.DRAFT)
     return None
 
 
@@ -262,7 +263,7 @@ async def pause(
         return task
     previous = task.status
     await _move_task(session, task, T.PAUSED, paused_reason=PausedReason.USER)
-    events.status(bus, user_id, task.id, T.PAUSED, previous, PausedReason.USER)
+    events.status(session, bus, user_id, task.id, T.PAUSED, previous, PausedReason.USER)
     return task
 
 
@@ -290,7 +291,7 @@ async def resume(
         )
     target = resumed(frame_states.counts_of(task))
     await _move_task(session, task, target, paused_reason=None, budget=task.budget)
-    events.status(bus, user_id, task.id, target, T.PAUSED)
+    events.status(session, bus, user_id, task.id, target, T.PAUSED)
     return task
 
 
@@ -321,7 +322,7 @@ async def cancel(
         moved = await frame_states.move_frames(session, task.id, None, source, F.CANCELLED)
         await progress.frames_moved(session, task.id, moved, bus=bus)
     await billing.settle(session, task.id, T.CANCELLED)
-    events.status(bus, user_id, task.id, T.CANCELLED, previous)
+    events.status(session, bus, user_id, task.id, T.CANCELLED, previous)
     await session.refresh(task)
     return task
 
@@ -335,7 +336,8 @@ async def retry(
     bus: PubSub | None = None,
 ) -> RenderTask:
     """Failed frame tasks (all, or those listed) wait again with a fresh count of failures;
-    the task's blocklist is cleared too (the user asked for another try). A failed task goes
+    the task's blocklist is cleared too (the user asked for another try; with no failed frame,
+    clearing it is what lets a task whose agents were all blocklisted run again). A failed task goes
     back to queued; its retried frames are charged to the same bill."""
     task = await get(session, user_id, task_id)
     if task.status in (T.DRAFT, T.COMPLETED, T.CANCELLED):
@@ -354,9 +356,12 @@ async def retry(
         if unknown:
             raise AppError(E.NOT_FOUND, details={"frame_ids": [str(i) for i in unknown]})
     moved = await frame_states.move_frames(session, task.id, frame_ids, F.FAILED, F.WAITING)
-    if not moved.frame_ids:
+    # the blocklist goes too: the only way on for a task whose every agent is blocklisted
+    unblocked = await session.execute(
+        delete(AgentTaskBlock).where(AgentTaskBlock.task_id == task.id)
+    )
+    if not moved.frame_ids and not unblocked.rowcount:  # type: ignore[attr-defined]
         raise AppError(E.INVALID_STATE, message="no failed frame task to retry")
-    await session.execute(delete(AgentTaskBlock).where(AgentTaskBlock.task_id == task.id))
     await progress.frames_moved(session, task.id, moved, bus=bus)
     await session.refresh(task)
     return task
@@ -395,4 +400,4 @@ async def remove(
     for table in (RenderLog, RenderOutput, AgentTaskBlock, FrameTask):
         await session.execute(delete(table).where(table.task_id == task.id))
     await session.execute(delete(RenderTask).where(RenderTask.id == task.id))
-    events.status(bus, user_id, task.id, "deleted", task.status)
+    events.status(session, bus, user_id, task.id, "deleted", task.status)

@@ -5,8 +5,10 @@ them; `rate_card()` and `command_templates()` turn them into checked objects."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from yuntu.render.command_template import CommandTemplate
 from yuntu.render.pricing import RateCard
@@ -82,10 +84,15 @@ class RenderSettings(BaseModel):
         description="Run one render agent inside `yuntu serve` when it runs the job worker",
     )
     render_local_agent_slots: int = Field(default=1, ge=1, le=64)
-    render_local_agent_renderers: list[str] | None = Field(
+    render_local_agent_renderers: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
         description="What the local agent offers; unset: blender when the binary is found, "
         "and every template renderer whose program is found",
+    )
+    render_noop_outputs: bool = Field(
+        default=True,
+        description="The no-op renderer (tests, benchmarks) writes a placeholder file and a log "
+        "line per frame; false: nothing at all",
     )
     render_blender_path: str = Field(default="blender", description="The Blender executable")
     render_templates: dict[str, TemplateRenderer] = Field(
@@ -93,6 +100,28 @@ class RenderSettings(BaseModel):
         description='Command-template renderers, JSON: {"maya/arnold": {"template": "Render -r '
         'arnold ...", "progress_pattern": ..., "output_pattern": ...}}',
     )
+
+    @field_validator("render_local_agent_renderers", mode="before")
+    @classmethod
+    def _renderer_list(cls, value: Any) -> Any:
+        """`blender,maya/arnold` or a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()] or None
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Any:
+        if self.render_heartbeat_seconds * 2 > self.render_lease_seconds:
+            raise ValueError(
+                "render_heartbeat_seconds must be at most half of render_lease_seconds, or a "
+                "single late heartbeat loses the agent its frames"
+            )
+        return self
 
     @field_validator("render_templates")
     @classmethod

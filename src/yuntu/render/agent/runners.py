@@ -115,13 +115,14 @@ class NoopRenderer(Renderer):
         started = time.monotonic()
         result = RunResult(exit_code=0)
         for frame in job.frames:
+            if not self.write_files:  # silent too: the scheduling benchmark's renderer
+                continue
             sink("info", f"noop: frame {frame}", FrameProgress(frame=frame, percent=100.0))
-            if self.write_files:
-                path = Path(job.out_dir) / f"frame_{frame:04d}.{job.output_format.extension}"
-                path.write_bytes(f"yuntu no-op renderer: frame {frame}\n".encode())
-                saved = OutputSaved(path=str(path), frame=frame)
-                result.saved.append(saved)
-                sink("info", f"noop: saved {path.name}", saved)
+            path = Path(job.out_dir) / f"frame_{frame:04d}.{job.output_format.extension}"
+            path.write_bytes(f"yuntu no-op renderer: frame {frame}\n".encode())
+            saved = OutputSaved(path=str(path), frame=frame)
+            result.saved.append(saved)
+            sink("info", f"noop: saved {path.name}", saved)
         result.duration_ms = int((time.monotonic() - started) * 1000)
         return result
 
@@ -218,9 +219,11 @@ class Renderers:
         settings: Any,
         *,
         blender_threads: int | None = None,
-        noop_writes_files: bool = True,
+        noop_writes_files: bool | None = None,
     ) -> Renderers:
         """Built-ins plus `settings.render_templates` (a RenderSettings)."""
+        if noop_writes_files is None:
+            noop_writes_files = settings.render_noop_outputs
         found: dict[str, Renderer] = {
             BLENDER: BlenderRenderer(settings.render_blender_path, threads=blender_threads),
             NOOP: NoopRenderer(write_files=noop_writes_files),

@@ -154,6 +154,9 @@ class Agent:
         self.fatal: ApiError | None = None
         self._stopping = asyncio.Event()
         self._running: dict[str, _Attempt] = {}
+        self._claiming = asyncio.Lock()
+        self._claimed: list[Assignment] = []  # claimed, not yet started by a slot
+        self._free_slots = 0
 
     @property
     def running(self) -> list[tuple[str, int]]:
@@ -194,6 +197,8 @@ class Agent:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            while self._claimed:  # claimed but never started: back to waiting at once
+                await self._attempt(self._claimed.pop(0))
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             log.info("agent.stopped", **self.stats)
@@ -230,23 +235,37 @@ class Agent:
     async def _slot(self, registration: Registration) -> None:
         while not self._stopping.is_set():
             try:
-                frames = await self.client.claim(limit=1)
+                assignment = await self._next()
             except ApiError as exc:
                 if self._fatal(exc):
                     return
                 log.warning("agent.claim_failed", error=str(exc))
-                frames = []
+                assignment = None
             except Unreachable as exc:
                 log.warning("agent.claim_failed", error=str(exc))
-                frames = []
+                assignment = None
             except Exception:
                 log.exception("agent.claim_crashed")
-                frames = []
-            if not frames:
+                assignment = None
+            if assignment is None:
                 await self._pause(registration.poll_seconds)
                 continue
-            for assignment in frames:
-                await self._attempt(assignment)
+            await self._attempt(assignment)
+
+    async def _next(self) -> Assignment | None:
+        """The next frame for a free slot; None when the server had nothing. The slots share
+        one claim at a time, asking for as many frames as slots are free then: short frames do
+        not pay a request each for their claim."""
+        if self._claimed:
+            return self._claimed.pop(0)
+        self._free_slots += 1
+        try:
+            async with self._claiming:
+                if not self._claimed and not self._stopping.is_set():
+                    self._claimed.extend(await self.client.claim(limit=self._free_slots))
+        finally:
+            self._free_slots -= 1
+        return self._claimed.pop(0) if self._claimed else None
 
     async def _heartbeats(self, registration: Registration) -> None:
         while True:
