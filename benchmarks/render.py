@@ -14,7 +14,7 @@
    Blender command for each chunk one after another, and (b) through Yuntu: submit the task to
    `yuntu serve` with one idle `yuntu agent --slots 1` and wait for `completed` (scene
    download, six claims, log lines, twelve uploads, six finishes and billing included).
-   Ratio = (b) / (a), two alternating rounds.
+   Ratio = (b) / (a), three alternating rounds (median).
 
     .venv/bin/python benchmarks/render.py [--frames 2000] [--skip-blender]
 
@@ -323,7 +323,7 @@ def blender(farm: Farm, executable: str) -> None:
     agent = farm.start_agent("blender", "blender", 1)
     time.sleep(2)
     ratios = []
-    for round_ in range(2):
+    for round_ in range(3):
         out = farm.workdir / f"direct-{round_}"
         shutil.rmtree(out, ignore_errors=True)
         alone = direct(executable, scene, out, chunks)

@@ -189,6 +189,7 @@ async def test_register_normalizes_and_answers_the_timings(farm: Farm) -> None:
         "lease_seconds": 60,
         "heartbeat_seconds": 10,
         "poll_seconds": 2.0,
+        "claim_wait_seconds": 10.0,
     }
     row = await load(farm.app.state.db, RenderAgent, int(agent.id))
     assert row.renderers == ["blender", "maya/arnold", "kick"]
@@ -544,3 +545,19 @@ async def test_a_heartbeat_crossing_a_finish_does_not_deadlock(farm: Farm) -> No
     finally:
         await finishing.close()
     assert (await asyncio.wait_for(beat, 5))["extended"] == [frame["frame_id"]]
+
+
+async def test_a_waiting_claim_wakes_when_a_frame_comes_back(farm: Farm) -> None:
+    await farm.task(spec="1", chunk_size=1)
+    first, second = await farm.agent("first"), await farm.agent("second")
+    (held,) = await first.claim()
+    started = time.monotonic()
+    assert await second.claim(wait=0.3) == []  # nothing came: answered after the wait
+    assert time.monotonic() - started >= 0.3
+    waiting = asyncio.create_task(second.claim(wait=10))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await first.finish(held, "agent_fault", error="scene download failed")
+    (again,) = await asyncio.wait_for(waiting, 5)  # woken by the frame going back to waiting
+    assert again["frame_id"] == held["frame_id"] and again["attempt"] == held["attempt"] + 1
+    assert time.monotonic() - started < 5

@@ -57,6 +57,7 @@ async def register(
             lease_seconds=settings.render_lease_seconds,
             heartbeat_seconds=settings.render_heartbeat_seconds,
             poll_seconds=settings.render_poll_seconds,
+            claim_wait_seconds=settings.render_claim_wait_seconds,
         )
     )
 
@@ -78,7 +79,8 @@ async def heartbeat(
 async def claim(request: Request, body: ClaimIn, agent: CurrentAgent) -> Envelope[ClaimOut]:
     """Up to `limit` frames, never more than the agent's slots, by task priority, then age,
     then place in the task; empty when nothing waits, or when the agent is disabled. Each comes
-    with a signed scene link and its lease."""
+    with a signed scene link and its lease. With `wait`, an empty answer waits up to that long
+    for work to arrive (a task submitted, resumed or retried, a frame back in waiting)."""
     await release_session(request)
     assigned = await dispatch.claim_for_agent(
         request.app.state.db,
@@ -86,6 +88,7 @@ async def claim(request: Request, body: ClaimIn, agent: CurrentAgent) -> Envelop
         limit=body.limit,
         renderers=body.renderers,
         base_url=str(request.base_url).rstrip("/"),
+        wait=body.wait,
     )
     return Envelope(data=ClaimOut(frames=[Assignment.model_validate(a) for a in assigned]))
 

@@ -56,6 +56,9 @@ class RegisterOut(Schema):
     lease_seconds: int = Field(examples=[60])
     heartbeat_seconds: int = Field(examples=[10])
     poll_seconds: float = Field(examples=[2.0])
+    claim_wait_seconds: float = Field(
+        default=0, examples=[20.0], description="The `wait` to send with claims (long poll)"
+    )
 
 
 class RunningAttempt(BaseModel):
@@ -77,6 +80,12 @@ class ClaimIn(BaseModel):
     limit: int = Field(default=1, ge=1, le=16, description="At most the agent's slots are given")
     renderers: Renderers | None = Field(
         default=None, description="Narrow what the agent registered (default: all of it)"
+    )
+    wait: float = Field(
+        default=0,
+        ge=0,
+        le=30,
+        description="Seconds to wait for work when none is waiting (long poll); 0 answers at once",
     )
 
 

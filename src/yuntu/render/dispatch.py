@@ -8,7 +8,10 @@ its frame answers 409 INVALID_STATE and writes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -83,6 +86,7 @@ async def claim_for_agent(
     renderers: Sequence[str] | None = None,
     base_url: str = "",
     now: datetime | None = None,
+    wait: float = 0,
 ) -> list[dict[str, Any]]:
     """Up to min(`limit`, the agent's slots) assignments, each with a signed scene link.
 
@@ -91,10 +95,35 @@ async def claim_for_agent(
     agent that waits for work gets a silent agent's frames at once. The sweep and the claims
     are separate transactions: in one, the two passes would each lock tasks in id order but
     together not, and two agents claiming at once could deadlock on PostgreSQL."""
+    deadline = time.monotonic() + wait
+    # listening before the first look: work announced in between is not missed
+    signal = db.bus.subscribe(events.WORK_CHANNEL) if wait > 0 and db.bus is not None else None
+    try:
+        while True:
+            got = await _claim_or_sweep(db, agent_id, limit, renderers, base_url, now)
+            left = deadline - time.monotonic()
+            if got is None or got or signal is None or left <= 0:
+                return got or []
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.get(), left)
+            now = None  # the next look is at its own time
+    finally:
+        if signal is not None:
+            signal.close()
+
+
+async def _claim_or_sweep(
+    db: Database,
+    agent_id: int,
+    limit: int,
+    renderers: Sequence[str] | None,
+    base_url: str,
+    now: datetime | None,
+) -> list[dict[str, Any]] | None:
     now = now or datetime.now(UTC)
     got = await _claim(db, agent_id, limit, renderers, base_url, now)
     if got is None or len(got) >= limit:
-        return got or []
+        return got
     async with db.transaction() as session:
         swept = await requeue_expired(session, now=now)
     if swept:

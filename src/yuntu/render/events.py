@@ -42,6 +42,16 @@ def counts_data(counts: FrameCounts) -> dict[str, int]:
     }
 
 
+WORK_CHANNEL = "render:work"
+
+
+def work_available(session: AsyncSession, bus: PubSub | None) -> None:
+    """Wake agents waiting in a long-poll claim once this transaction commits: frames may be
+    waiting for them (every process shares the bus when Redis is configured)."""
+    if bus is not None:
+        on_commit(session, lambda: bus.publish_soon(WORK_CHANNEL, {"type": "render.work"}))
+
+
 def _after_commit(
     session: AsyncSession, bus: PubSub | None, user_id: int, event: dict[str, Any]
 ) -> None:

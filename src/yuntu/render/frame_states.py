@@ -55,6 +55,7 @@ class Moved:
     status: TaskStatus
     user_id: int = 0  # the task's owner, for its events
     cost: int = 0  # the task's cost so far, fen
+    target: FrameStatus | None = None  # where the frames went
 
     @property
     def task_changed(self) -> bool:
@@ -199,6 +200,7 @@ async def move_frames(
         status=status,
         user_id=row[0],
         cost=row[1],
+        target=target,
     )
 
 

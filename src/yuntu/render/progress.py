@@ -10,7 +10,7 @@ from yuntu.kit.pubsub import PubSub
 from yuntu.render import billing, events
 from yuntu.render.frame_states import Moved
 from yuntu.render.scheduling import Finished
-from yuntu.render.states import FrameStatus
+from yuntu.render.states import DISPATCHABLE, FrameStatus
 from yuntu.render.states import TaskStatus as T
 from yuntu.settings import Settings
 
@@ -32,6 +32,8 @@ async def frames_moved(
         return
     if moved.task_changed and moved.status in SETTLING:
         await billing.settle(session, task_id, moved.status)
+    if moved.target == FrameStatus.WAITING and moved.status in DISPATCHABLE:
+        events.work_available(session, bus)
     if moved.task_changed:
         events.status(session, bus, moved.user_id, task_id, moved.status, moved.previous_status)
     events.progress(

@@ -191,6 +191,7 @@ async def submit(
     now = datetime.now(UTC)
     await _move_task(session, task, T.QUEUED, submitted_at=now)
     events.status(session, bus, task.user_id, task.id, T.QUEUED, T.DRAFT)
+    events.work_available(session, bus)
     return None
 
 
@@ -292,6 +293,7 @@ async def resume(
     target = resumed(frame_states.counts_of(task))
     await _move_task(session, task, target, paused_reason=None, budget=task.budget)
     events.status(session, bus, user_id, task.id, target, T.PAUSED)
+    events.work_available(session, bus)
     return task
 
 
@@ -362,6 +364,7 @@ async def retry(
     )
     if not moved.frame_ids and not unblocked.rowcount:  # type: ignore[attr-defined]
         raise AppError(E.INVALID_STATE, message="no failed frame task to retry")
+    events.work_available(session, bus)
     await progress.frames_moved(session, task.id, moved, bus=bus)
     await session.refresh(task)
     return task

@@ -70,6 +70,13 @@ class RenderSettings(BaseModel):
     render_poll_seconds: float = Field(
         default=2.0, gt=0, le=60, description="How long an idle agent waits between claims"
     )
+    render_claim_wait_seconds: float = Field(
+        default=10,
+        ge=0,
+        le=30,
+        description="How long an idle agent's claim waits for work to arrive (long poll; 0: "
+        "agents poll every render_poll_seconds)",
+    )
     render_hold_days: int = Field(
         default=30, ge=1, le=366, description="Lifetime of a render task's hold on the balance"
     )

@@ -83,6 +83,7 @@ class Registration(_Answer):
     lease_seconds: float = 60
     heartbeat_seconds: float = 10
     poll_seconds: float = 2
+    claim_wait_seconds: float = 0
 
 
 class HeartbeatAnswer(_Answer):
@@ -249,11 +250,15 @@ class AgentClient:
         data = await self._call("POST", "/agents/heartbeat", json=body, attempts=3)
         return HeartbeatAnswer.model_validate(data)
 
-    async def claim(self, limit: int = 1, renderers: list[str] | None = None) -> list[Assignment]:
+    async def claim(
+        self, limit: int = 1, renderers: list[str] | None = None, wait: float = 0
+    ) -> list[Assignment]:
         body: dict[str, Any] = {"limit": limit}
+        if wait > 0:
+            body["wait"] = wait
         if renderers is not None:
             body["renderers"] = renderers
-        data = await self._call("POST", "/agents/claim", json=body)
+        data = await self._call("POST", "/agents/claim", json=body, extra_seconds=wait)
         return [Assignment.model_validate(frame) for frame in (data or {}).get("frames", [])]
 
     async def log(
@@ -330,10 +335,18 @@ class AgentClient:
     # -- plumbing -----------------------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, *, json: Any = None, attempts: int | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        attempts: int | None = None,
+        extra_seconds: float = 0,
     ) -> Any:
+        timeout = httpx.Timeout(self._timeout + extra_seconds, connect=10.0)
+
         async def send() -> httpx.Response:
-            return await self._http.request(method, path, json=json)
+            return await self._http.request(method, path, json=json, timeout=timeout)
 
         return await self._retrying(send, attempts)
 

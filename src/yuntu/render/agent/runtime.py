@@ -248,7 +248,9 @@ class Agent:
                 log.exception("agent.claim_crashed")
                 assignment = None
             if assignment is None:
-                await self._pause(registration.poll_seconds)
+                # after a long poll the server already waited: only a breath between claims
+                idle = registration.poll_seconds if not registration.claim_wait_seconds else 0.05
+                await self._pause(idle)
                 continue
             await self._attempt(assignment)
 
@@ -262,10 +264,27 @@ class Agent:
         try:
             async with self._claiming:
                 if not self._claimed and not self._stopping.is_set():
-                    self._claimed.extend(await self.client.claim(limit=self._free_slots))
+                    self._claimed.extend(await self._claim(self._free_slots))
         finally:
             self._free_slots -= 1
         return self._claimed.pop(0) if self._claimed else None
+
+    async def _claim(self, limit: int) -> list[Assignment]:
+        """One claim, waiting on the server for work (long poll) until work comes or the agent
+        stops."""
+        assert self.registration is not None
+        wait = self.registration.claim_wait_seconds
+        claim = asyncio.create_task(self.client.claim(limit=limit, wait=wait))
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({claim, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not claim.done():
+            claim.cancel()
+            await asyncio.gather(claim, return_exceptions=True)
+            return []
+        return claim.result()
 
     async def _heartbeats(self, registration: Registration) -> None:
         while True:
