@@ -8,12 +8,11 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from tests.conftest import API
 from tests.ledger.test_recharge import fund
-from yuntu.models.render import FrameTask, RenderAgent
-from yuntu.render import progress, scheduling
+from yuntu.models.render import RenderAgent
+from yuntu.render import dispatch, scheduling
 from yuntu.render.agent_auth import generate_token
 from yuntu.render.scheduling import Outcome, Report
 
@@ -97,27 +96,17 @@ async def finish(
     outcome: Outcome = Outcome.SUCCEEDED,
     core_seconds: float = 10.0,
 ) -> int:
-    """Finish an attempt as the agent API does; returns the fen charged."""
+    """Finish an attempt as the agent API does (dispatch.finish_frame); returns the fen it
+    cost."""
     frame_id, attempt = frame
+    report = Report(
+        outcome=outcome,
+        exit_code=0 if outcome == Outcome.SUCCEEDED else 1,
+        duration_ms=1000,
+        core_seconds=core_seconds,
+    )
     async with app.state.db.transaction() as session:
-        finished = await scheduling.finish(
-            session,
-            frame_id,
-            agent_id,
-            attempt,
-            Report(
-                outcome=outcome,
-                exit_code=0 if outcome == Outcome.SUCCEEDED else 1,
-                duration_ms=1000,
-                core_seconds=core_seconds,
-            ),
-        )
-        task_id = await session.scalar(select(FrameTask.task_id).where(FrameTask.id == frame_id))
-        return await progress.frame_finished(
-            session,
-            task_id,
-            frame_id,
-            finished,
-            settings=app.state.settings,
-            bus=app.state.bus,
-        )
+        row = await session.get(RenderAgent, agent_id)
+        assert row is not None
+        _finished, cost = await dispatch.finish_frame(session, row, frame_id, attempt, report)
+        return cost

@@ -56,10 +56,7 @@ class Farm:
 
     async def claim(self, limit: int = 1) -> list[FrameTask]:
         async with self.db.transaction() as session:
-            claimed = await scheduling.claim(session, self.agent, limit=limit)
-            for frame in claimed:
-                session.expunge(frame)
-            return claimed
+            return await scheduling.claim(session, self.agent, limit=limit)
 
     async def put(
         self,

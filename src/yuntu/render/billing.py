@@ -18,6 +18,7 @@ Rules (docs/decisions.md, render billing):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -27,6 +28,7 @@ from yuntu.ledger import accounts, bills, holds
 from yuntu.ledger.transfers import Reference
 from yuntu.models.ledger import Asset, Bill, HoldStatus
 from yuntu.models.render import FrameTask, PausedReason, RenderTask
+from yuntu.render.frame_states import TaskMoney
 from yuntu.render.pricing import RateCard
 from yuntu.render.states import TaskStatus as T
 from yuntu.settings import Settings
@@ -94,49 +96,42 @@ async def _money_left(session: AsyncSession, task: RenderTask) -> int:
     return available
 
 
-async def charge_frame(
-    session: AsyncSession, task_id: int, frame_id: int, settings: Settings
-) -> tuple[int, PausedReason | None]:
-    """Price a frame task that just succeeded and add it to the task's cost. Returns the fen,
-    and the reason the task was just paused when the budget or the money ran short.
-    The caller holds the task's row (the frame move updated it), so the checks below cannot
-    race another finish of the same task.
+def price(settings: Settings) -> Callable[[float | None, int, int], int]:
+    """The rate card as scheduling.finish takes it: (core-seconds, priority, frames) -> fen."""
+    card = rate_card(settings)
+    return lambda core_seconds, priority, frames: card.frame_cost(
+        core_seconds or 0, priority, frames
+    )
 
-    Within what the hold covers, the cost is only recorded (task and frame); `flush` charges
-    it to the bill later in one line (after a minute at most, and when the task ends), so a
-    busy farm does not queue every frame on the user's ledger rows. Beyond the hold the frame
-    is charged at once, capped by what the balance has."""
-    row = (
-        await session.execute(
-            select(
-                RenderTask.priority,
-                RenderTask.budget,
-                RenderTask.cost,
-                RenderTask.billed,
-                RenderTask.estimate,
-                RenderTask.hold_id,
-                FrameTask.core_seconds,
-                FrameTask.frame_count,
-            )
-            .join(FrameTask, FrameTask.task_id == RenderTask.id)
-            .where(RenderTask.id == task_id, FrameTask.id == frame_id)
-        )
-    ).one()
-    priority, budget, spent, billed, estimate, hold_id, core_seconds, frame_count = row
-    metered = rate_card(settings).frame_cost(core_seconds or 0, priority, frame_count)
+
+async def settle_frame(
+    session: AsyncSession, task_id: int, frame_id: int, metered: int, money: TaskMoney
+) -> tuple[int, PausedReason | None]:
+    """Check a succeeded frame's cost, already added to its frame and task by the finish
+    (`money` is the task as that update left it, its row still held), against the budget and
+    the money. Returns what the frame costs in the end, and the reason the task was just
+    paused when the budget or the money ran short.
+
+    Within what the hold covers, nothing more is written here: `flush` charges the bill later
+    in one line (after a minute at most, and when the task ends), so a busy farm does not queue
+    every frame on the user's ledger rows. Beyond the hold the frame is charged at once, capped
+    by what the balance has."""
+    spent = money.cost - metered  # the task's cost before this frame
     cost = metered
     short: PausedReason | None = None
-    if budget is not None and cost > budget - spent:
-        cost, short = max(0, budget - spent), PausedReason.BUDGET
-    held = 0 if hold_id is None else (estimate if budget is None else min(estimate, budget))
+    if money.budget is not None and cost > money.budget - spent:
+        cost, short = max(0, money.budget - spent), PausedReason.BUDGET
+    held = 0
+    if money.hold_id is not None:
+        held = money.estimate if money.budget is None else min(money.estimate, money.budget)
     if cost > 0 and spent + cost > held:
         task = await session.get(RenderTask, task_id, populate_existing=True)
         assert task is not None
-        # what is already recorded but not billed is covered by the hold
-        money = await _money_left(session, task) - (spent - billed)
-        if cost > money:
-            cost, short = max(0, money), PausedReason.BALANCE
-    if cost > 0:
+        # what is recorded but not billed yet is covered by the hold
+        left = await _money_left(session, task) - (spent - money.billed)
+        if cost > left:
+            cost, short = max(0, left), PausedReason.BALANCE
+    if cost != metered:  # give back what the budget or the money did not cover
         await session.execute(
             update(FrameTask)
             .where(FrameTask.id == frame_id)
@@ -146,11 +141,11 @@ async def charge_frame(
         await session.execute(
             update(RenderTask)
             .where(RenderTask.id == task_id)
-            .values(cost=RenderTask.cost + cost)
+            .values(cost=RenderTask.cost - (metered - cost))
             .execution_options(synchronize_session=False)
         )
-        if spent + cost > held:
-            await flush(session, task_id)
+    if cost > 0 and spent + cost > held:
+        await flush(session, task_id)
     if short is not None and await pause_for(session, task_id, short):
         return cost, short
     return cost, None

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -26,7 +27,7 @@ from yuntu.kit.errors import AppError, E
 from yuntu.kit.ids import new_id
 from yuntu.models.drive import Blob
 from yuntu.models.render import AgentStatus, FrameTask, RenderAgent, RenderLog, RenderTask
-from yuntu.render import events, progress, scheduling
+from yuntu.render import billing, events, progress, scheduling
 from yuntu.render.frame_states import Moved
 from yuntu.render.scheduling import Finished, Report
 from yuntu.render.states import FrameStatus as F
@@ -162,50 +163,90 @@ async def _claim(
         )
         if not claimed:
             return []
-        tasks = {
-            task.id: task
-            for task in await session.scalars(
-                select(RenderTask)
-                .where(RenderTask.id.in_({frame.task_id for frame in claimed}))
-                .execution_options(populate_existing=True)
-            )
+        infos = await _task_infos(session, {frame.task_id for frame in claimed})
+    ttl = downloads.link_ttl(db)
+    scenes: dict[int, dict[str, Any]] = {}
+    for task_id, info in infos.items():
+        link = await downloads.sign_blob(
+            db, info.blob, info.scene_name, None, ttl=ttl, base_url=base_url
+        )
+        scenes[task_id] = {
+            "url": link.url,
+            "name": info.scene_name,
+            "size": info.blob.size,
+            "sha256": info.blob.sha256,
         }
-        blobs = {
-            blob.id: blob
-            for blob in await session.scalars(
-                select(Blob).where(Blob.id.in_({task.scene_blob_id for task in tasks.values()}))
-            )
-        }
-        ttl = downloads.link_ttl(db)
-        scenes: dict[int, dict[str, Any]] = {}
-        for task in tasks.values():
-            blob = blobs[task.scene_blob_id]
-            link = await downloads.sign_blob(
-                db, blob, task.scene_name, None, ttl=ttl, base_url=base_url
-            )
-            scenes[task.id] = {
-                "url": link.url,
-                "name": task.scene_name,
-                "size": blob.size,
-                "sha256": blob.sha256,
-            }
-        return [
-            _assignment(frame, tasks[frame.task_id], scenes[frame.task_id]) for frame in claimed
-        ]
+    return [_assignment(frame, infos[frame.task_id], scenes[frame.task_id]) for frame in claimed]
 
 
-def _assignment(frame: FrameTask, task: RenderTask, scene: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _TaskInfo:
+    """What an assignment says about its task: none of it changes after creation."""
+
+    name: str
+    software: str
+    software_version: str | None
+    renderer: str
+    width: int
+    height: int
+    camera: str | None
+    output_format: str
+    scene_name: str
+    blob: Blob  # a transient copy: sign_blob reads id and storage_key
+
+
+_TASK_INFOS: OrderedDict[int, _TaskInfo] = OrderedDict()
+_TASK_INFOS_MAX = 4096
+
+
+async def _task_infos(session: AsyncSession, task_ids: set[int]) -> dict[int, _TaskInfo]:
+    """Each task's assignment fields, read once per process: a busy claim path otherwise reads
+    the task and its scene blob for every frame."""
+    found = {task_id: _TASK_INFOS[task_id] for task_id in task_ids if task_id in _TASK_INFOS}
+    missing = task_ids - found.keys()
+    if missing:
+        rows = await session.execute(
+            select(RenderTask, Blob)
+            .join(Blob, Blob.id == RenderTask.scene_blob_id)
+            .where(RenderTask.id.in_(missing))
+        )
+        for task, blob in rows.all():
+            info = _TaskInfo(
+                name=task.name,
+                software=task.software,
+                software_version=task.software_version,
+                renderer=task.renderer,
+                width=task.resolution_x,
+                height=task.resolution_y,
+                camera=task.camera,
+                output_format=task.output_format,
+                scene_name=task.scene_name,
+                blob=Blob(
+                    id=blob.id,
+                    sha256=blob.sha256,
+                    md5=blob.md5,
+                    size=blob.size,
+                    storage_key=blob.storage_key,
+                ),
+            )
+            found[task.id] = _TASK_INFOS[task.id] = info
+            if len(_TASK_INFOS) > _TASK_INFOS_MAX:
+                _TASK_INFOS.popitem(last=False)
+    return found
+
+
+def _assignment(frame: FrameTask, task: _TaskInfo, scene: dict[str, Any]) -> dict[str, Any]:
     return {
         "frame_id": frame.id,
         "attempt": frame.attempts,
-        "task_id": task.id,
+        "task_id": frame.task_id,
         "task_name": task.name,
         "software": task.software,
         "software_version": task.software_version,
         "renderer": task.renderer,
         "frames": list(frame.frames),
-        "width": task.resolution_x,
-        "height": task.resolution_y,
+        "width": task.width,
+        "height": task.height,
         "camera": task.camera,
         "output_format": task.output_format,
         "scene": scene,
@@ -303,16 +344,20 @@ async def finish_frame(
     *,
     now: datetime | None = None,
 ) -> tuple[Finished, int]:
-    """End the attempt (scheduling.finish: retries, blocklist), then bill and announce it
-    (progress.frame_finished). Returns the outcome and the fen charged."""
-    task_id = await session.scalar(select(FrameTask.task_id).where(FrameTask.id == frame_id))
-    if task_id is None:
-        raise AppError(E.NOT_FOUND, message="no such frame task")
+    """End the attempt (scheduling.finish: retries, blocklist, the cost at the rate card),
+    then bill and announce it (progress.frame_finished). Returns the outcome and the fen it
+    cost."""
     if report.error is not None:
         report = replace(report, error=clean_line(report.error, MAX_ERROR, multiline=True))
-    finished = await scheduling.finish(session, frame_id, agent.id, attempt, report, now=now)
     db = database_of(session)
-    cost = await progress.frame_finished(
-        session, task_id, frame_id, finished, settings=settings_of(db), bus=db.bus
+    finished = await scheduling.finish(
+        session,
+        frame_id,
+        agent.id,
+        attempt,
+        report,
+        now=now,
+        price=billing.price(settings_of(db)),
     )
+    cost = await progress.frame_finished(session, finished.task_id, frame_id, finished, bus=db.bus)
     return finished, cost

@@ -16,7 +16,7 @@ Frames are created here too (`add_frames`): they enter `waiting` and the counter
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -45,6 +45,17 @@ _TASKS = cast(Table, RenderTask.__table__)
 
 
 @dataclass(frozen=True, slots=True)
+class TaskMoney:
+    """The task's money columns as the move left them (for billing without another read)."""
+
+    cost: int
+    billed: int
+    budget: int | None
+    estimate: int
+    hold_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Moved:
     """What one move did: the frames moved, the task's counts after it, and its status before
     and after settling."""
@@ -56,6 +67,8 @@ class Moved:
     user_id: int = 0  # the task's owner, for its events
     cost: int = 0  # the task's cost so far, fen
     target: FrameStatus | None = None  # where the frames went
+    money: TaskMoney | None = None
+    rows: list[Any] = field(default_factory=list)  # the `returning` columns of each frame moved
 
     @property
     def task_changed(self) -> bool:
@@ -141,6 +154,8 @@ async def move_frames(
     values: Mapping[str, Any] | None = None,
     where: Sequence[ColumnElement[bool]] = (),
     now: datetime | None = None,
+    cost: int = 0,
+    returning: Sequence[str] = (),
 ) -> Moved:
     """Move the frames `frame_ids` of task `task_id` (None: all of them) that are in `source`
     and match `where` to `target`; frames in another state are left alone and not reported.
@@ -148,6 +163,8 @@ async def move_frames(
     (render.states.settle), in the same transaction.
 
     `values` adds columns (an agent and lease, an exit code); the move's own columns win.
+    `cost` (fen) is added to the task's cost in the same update; `returning` names frame
+    columns to read back (`Moved.rows`, each row starting with the frame's id).
     409 INVALID_STATE when `target` cannot follow `source`."""
     source, target = F(source), F(target)
     if not states.can_move_frame(source, target):
@@ -161,37 +178,43 @@ async def move_frames(
         update(_FRAMES)
         .where(_FRAMES.c.task_id == task_id, _FRAMES.c.status == str(source), *where)
         .values({**dict(values or {}), **_frame_values(source, target, now)})
-        .returning(_FRAMES.c.id)
+        .returning(_FRAMES.c.id, *(_FRAMES.c[name] for name in returning))
     )
     if frame_ids is not None:
         ids = list(dict.fromkeys(frame_ids))
         if not ids:
             return await _task_unchanged(session, task_id)
         statement = statement.where(_FRAMES.c.id.in_(ids))
-    moved = list((await session.execute(statement)).scalars())
+    rows = list((await session.execute(statement)).all())
+    moved = [row[0] for row in rows]
     if not moved:
         return await _task_unchanged(session, task_id)
+    changes: dict[str, Any] = {
+        COUNTER[source]: _TASKS.c[COUNTER[source]] - len(moved),
+        COUNTER[target]: _TASKS.c[COUNTER[target]] + len(moved),
+        "updated_at": now,
+    }
+    if cost:
+        changes["cost"] = _TASKS.c.cost + cost
     row = (
         await session.execute(
             update(_TASKS)
             .where(_TASKS.c.id == task_id)
-            .values(
-                {
-                    COUNTER[source]: _TASKS.c[COUNTER[source]] - len(moved),
-                    COUNTER[target]: _TASKS.c[COUNTER[target]] + len(moved),
-                    "updated_at": now,
-                }
-            )
+            .values(changes)
             .returning(
                 _TASKS.c.user_id,
                 _TASKS.c.cost,
+                _TASKS.c.billed,
+                _TASKS.c.budget,
+                _TASKS.c.estimate,
+                _TASKS.c.hold_id,
                 _TASKS.c.status,
                 *(_TASKS.c[column] for column in COUNTER.values()),
             )
         )
     ).one()
-    counts = FrameCounts(*row[3:])
-    previous = T(row[2])
+    counts = FrameCounts(*row[7:])
+    previous = T(row[6])
     status = await settle_task(session, task_id, previous, counts, now)
     return Moved(
         frame_ids=moved,
@@ -201,6 +224,8 @@ async def move_frames(
         user_id=row[0],
         cost=row[1],
         target=target,
+        money=TaskMoney(cost=row[1], billed=row[2], budget=row[3], estimate=row[4], hold_id=row[5]),
+        rows=rows,
     )
 
 

@@ -12,7 +12,6 @@ from yuntu.render.frame_states import Moved
 from yuntu.render.scheduling import Finished
 from yuntu.render.states import DISPATCHABLE, FrameStatus
 from yuntu.render.states import TaskStatus as T
-from yuntu.settings import Settings
 
 SETTLING = frozenset({T.COMPLETED, T.FAILED, T.CANCELLED})
 
@@ -47,17 +46,19 @@ async def frame_finished(
     frame_id: int,
     finished: Finished,
     *,
-    settings: Settings,
     bus: PubSub | None,
 ) -> int:
-    """After `scheduling.finish`: price a succeeded frame at the rate card (capped by the
-    task's budget and the user's money), then as `frames_moved`. Returns the fen it cost.
-    The charge comes first: a task that just completed closes its bill in `frames_moved`."""
+    """After `scheduling.finish` (given the rate card as `price`): check a succeeded frame's
+    cost against the task's budget and the user's money, then as `frames_moved`. Returns the
+    fen it cost. Billing comes first: a task that just completed closes its bill in
+    `frames_moved`."""
     cost = 0
     moved = finished.moved
-    if finished.frame_status == FrameStatus.SUCCEEDED:
-        cost, paused = await billing.charge_frame(session, task_id, frame_id, settings)
+    if finished.frame_status == FrameStatus.SUCCEEDED and moved.money is not None:
+        cost, paused = await billing.settle_frame(
+            session, task_id, frame_id, finished.metered, moved.money
+        )
         if paused is not None:
             events.status(session, bus, moved.user_id, task_id, T.PAUSED, moved.status, paused)
-    await frames_moved(session, task_id, moved, bus=bus, cost=moved.cost + cost)
+    await frames_moved(session, task_id, moved, bus=bus, cost=moved.cost - finished.metered + cost)
     return cost

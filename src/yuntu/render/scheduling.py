@@ -69,6 +69,12 @@ class Finished:
     frame_status: F
     moved: Moved
     agent_blocked: bool = False
+    task_id: int = 0
+    metered: int = 0  # what `price` said the frame costs (already on the frame and the task)
+
+
+# (core-seconds, task priority, frames in the chunk) -> fen: the rate card, from the caller
+Price = Callable[[float | None, int, int], int]
 
 
 @dataclass(slots=True)
@@ -139,7 +145,7 @@ async def claim(
         picked.setdefault(task_id, []).append(frame_id)
         ranked.append(frame_id)
     lease = now + timedelta(seconds=lease_seconds)
-    claimed: list[int] = []
+    claimed: dict[int, FrameTask] = {}
     for task_id in sorted(picked):  # tasks in id order: see frame_states' lock order
         # conditional on waiting: on SQLite this is the claim's only guard, and enough (one writer)
         moved = await move_frames(
@@ -150,22 +156,35 @@ async def claim(
             F.RUNNING,
             values={"agent_id": agent.id, "lease_expires_at": lease},
             now=now,
+            returning=_CLAIMED_COLUMNS,
         )
-        claimed.extend(moved.frame_ids)
+        for row in moved.rows:  # read back by the move itself: no second query
+            claimed[row[0]] = FrameTask(
+                id=row[0], **dict(zip(_CLAIMED_COLUMNS, row[1:], strict=True))
+            )
         if on_moved is not None and moved.frame_ids:
             await on_moved(task_id, moved)
     if not claimed:
         return []
     await _touch(session, agent.id, now)
-    rows = (
-        await session.scalars(
-            select(FrameTask)
-            .where(FrameTask.id.in_(claimed))
-            .execution_options(populate_existing=True)
-        )
-    ).all()
-    order = {frame_id: i for i, frame_id in enumerate(ranked)}
-    return sorted(rows, key=lambda frame: order[frame.id])
+    return [claimed[frame_id] for frame_id in ranked if frame_id in claimed]
+
+
+_CLAIMED_COLUMNS = (
+    "task_id",
+    "seq",
+    "frames",
+    "frame_start",
+    "frame_end",
+    "frame_count",
+    "status",
+    "attempts",
+    "agent_id",
+    "lease_expires_at",
+    "started_at",
+    "cost",
+    "failed_agent_ids",
+)
 
 
 TOUCH_EVERY = timedelta(seconds=2)
@@ -236,14 +255,17 @@ async def finish(
     report: Report,
     *,
     now: datetime | None = None,
+    price: Price | None = None,
 ) -> Finished:
     """Record the end of attempt `attempt` of `frame_id` by `agent_id`. 409 INVALID_STATE when
     that attempt no longer holds the frame (its lease expired and it went back to waiting or to
-    another agent, or the task was cancelled): the result is discarded."""
+    another agent, or the task was cancelled): the result is discarded. With `price`, a
+    succeeded frame's cost goes on the frame and its task in the same move (billing then
+    checks it against the budget and the money: render.billing.settle_frame)."""
     now = _now(now)
     frame = (
         await session.execute(
-            select(FrameTask, RenderTask.max_retries)
+            select(FrameTask, RenderTask.max_retries, RenderTask.priority)
             .join(RenderTask, RenderTask.id == FrameTask.task_id)
             .where(FrameTask.id == frame_id)
             .execution_options(populate_existing=True)
@@ -251,7 +273,7 @@ async def finish(
     ).one_or_none()
     if frame is None:
         raise AppError(E.NOT_FOUND, message="no such frame task")
-    row, max_retries = frame
+    row, max_retries, priority = frame
     if not (row.status == F.RUNNING and row.agent_id == agent_id and row.attempts == attempt):
         raise _lost()
     values: dict[str, Any] = {
@@ -261,9 +283,12 @@ async def finish(
         "peak_memory_bytes": report.peak_memory_bytes,
     }
     blocked = False
+    metered = 0
     if report.outcome == Outcome.SUCCEEDED:
         target = F.SUCCEEDED
         values["last_error"] = None
+        if price is not None:
+            metered = values["cost"] = price(report.core_seconds, priority, row.frame_count)
     else:
         values["last_error"] = (report.error or str(report.outcome))[:4000]
         target = F.WAITING
@@ -281,12 +306,19 @@ async def finish(
         values=values,
         where=_fenced(agent_id, attempt),
         now=now,
+        cost=metered,
     )
     if not moved.frame_ids:  # the lease sweep or a cancel got there first
         raise _lost()
     if report.outcome != Outcome.SUCCEEDED:
         blocked = await _count_failure(session, row.task_id, agent_id)
-    return Finished(frame_status=target, moved=moved, agent_blocked=blocked)
+    return Finished(
+        frame_status=target,
+        moved=moved,
+        agent_blocked=blocked,
+        task_id=row.task_id,
+        metered=metered,
+    )
 
 
 def _lost() -> AppError:
