@@ -14,7 +14,7 @@
    Blender command for each chunk one after another, and (b) through Yuntu: submit the task to
    `yuntu serve` with one idle `yuntu agent --slots 1` and wait for `completed` (scene
    download, six claims, log lines, twelve uploads, six finishes and billing included).
-   Ratio = (b) / (a), three alternating rounds (median).
+   Ratio = (b) / (a), five alternating rounds (median).
 
     .venv/bin/python benchmarks/render.py [--frames 2000] [--skip-blender]
 
@@ -293,9 +293,20 @@ def scheduling(farm: Farm, frames: int) -> None:
     farm.wait_completed(task_id, interval=0.25)
     done, seconds = asyncio.run(frame_span(farm.url, int(task_id)))
     rate = done / seconds
+    server_cpu, agents_cpu = cpu_seconds(farm.procs[0]), sum(cpu_seconds(a) for a in agents)
     farm.stop_procs(agents)
     print(f"4 yuntu agent processes over HTTP:    {rate:8.1f} frame tasks/s  (goal >= 200)")
     print(f"ratio HTTP / service:                 {rate / baseline:8.2f}")
+    print(
+        f"CPU per frame task: server {server_cpu / done * 1000:.1f} ms (this whole run), "
+        f"agents {agents_cpu / done * 1000:.1f} ms"
+    )
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def blender_chunks(frames: list[int], size: int) -> list[tuple[int, ...]]:
@@ -323,7 +334,7 @@ def blender(farm: Farm, executable: str) -> None:
     agent = farm.start_agent("blender", "blender", 1)
     time.sleep(2)
     ratios = []
-    for round_ in range(3):
+    for round_ in range(5):
         out = farm.workdir / f"direct-{round_}"
         shutil.rmtree(out, ignore_errors=True)
         alone = direct(executable, scene, out, chunks)

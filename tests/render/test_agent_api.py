@@ -561,3 +561,34 @@ async def test_a_waiting_claim_wakes_when_a_frame_comes_back(farm: Farm) -> None
     (again,) = await asyncio.wait_for(waiting, 5)  # woken by the frame going back to waiting
     assert again["frame_id"] == held["frame_id"] and again["attempt"] == held["attempt"] + 1
     assert time.monotonic() - started < 5
+
+
+async def test_a_batch_finish_answers_each_item(farm: Farm) -> None:
+    task_id = await farm.task(spec="1-4", chunk_size=1)
+    node, other = await farm.agent("node"), await farm.agent("other")
+    mine = await node.claim(limit=3)
+    (theirs,) = await other.claim(limit=1)
+    item = {"outcome": "succeeded", "exit_code": 0, "core_seconds": 1.5}
+    body = {
+        "items": [
+            {"frame_id": mine[0]["frame_id"], "attempt": mine[0]["attempt"], **item},
+            {"frame_id": mine[1]["frame_id"], "attempt": mine[1]["attempt"] + 1, **item},
+            {"frame_id": theirs["frame_id"], "attempt": theirs["attempt"], **item},
+            {"frame_id": "99999999999", "attempt": 1, **item},
+            {"frame_id": mine[2]["frame_id"], "attempt": mine[2]["attempt"], "outcome": "failed"},
+        ]
+    }
+    answers = ok(await node.post("/finish", body))["items"]
+    assert [(a["frame_id"], a["frame_status"], a["error"]) for a in answers] == [
+        (mine[0]["frame_id"], "succeeded", None),
+        (mine[1]["frame_id"], None, "INVALID_STATE"),  # a stale attempt
+        (theirs["frame_id"], None, "INVALID_STATE"),  # another agent's frame
+        ("99999999999", None, "NOT_FOUND"),
+        (mine[2]["frame_id"], "waiting", None),  # failed once, retries left
+    ]
+    assert answers[0]["cost"] == "0.00"
+    task = await farm.task_row(task_id)
+    assert (task.frames_succeeded, task.frames_running, task.frames_waiting) == (1, 2, 1)
+    for bad in ({"items": []}, {"items": [{"frame_id": "1"}]}, {"items": [dict(item)] * 65}):
+        refused = await node.post("/finish", bad)
+        assert refused.status_code == 422 and refused.json()["error"] == "VALIDATION_ERROR"

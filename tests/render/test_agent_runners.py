@@ -379,3 +379,13 @@ async def test_blender_setup_failure_is_a_failed_exit(blend, tmp_path):
     result: RunResult = await BlenderRenderer(_need_blender()).render(job, "workbench", Lines())
     assert result.exit_code == 2
     assert any("has no camera named" in message for message in result.errors)
+
+
+def test_per_sample_lines_travel_as_progress_not_as_log_lines() -> None:
+    from yuntu.render.agent.runtime import _sample_tick
+
+    def tick(sample: int | None, samples: int | None = 128) -> bool:
+        return _sample_tick(FrameProgress(frame=1, sample=sample, samples=samples))
+
+    assert [tick(1), tick(2), tick(127), tick(128)] == [False, True, True, False]
+    assert not tick(None) and not tick(5, None) and not _sample_tick(None)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Path, Request
 
 from yuntu.identity.deps import DbSession
+from yuntu.kit.errors import AppError, E
 from yuntu.kit.http import own_transactions, release_session
 from yuntu.kit.routing import error_responses, make_router
 from yuntu.kit.schemas import Envelope, Id
@@ -19,7 +20,10 @@ from yuntu.render.agent_schemas import (
     Assignment,
     ClaimIn,
     ClaimOut,
+    FinishedItem,
     FinishIn,
+    FinishManyIn,
+    FinishManyOut,
     FinishOut,
     HeartbeatIn,
     HeartbeatOut,
@@ -107,6 +111,50 @@ async def log_lines(
     return Envelope(data=LogOut(stop=stop))
 
 
+def _report(body: FinishIn) -> Report:
+    return Report(
+        outcome=body.outcome,
+        exit_code=body.exit_code,
+        duration_ms=body.duration_ms,
+        core_seconds=body.core_seconds,
+        peak_memory_bytes=body.peak_memory_bytes,
+        error=body.error,
+    )
+
+
+@router.post("/finish", summary="Finish several attempts at once")
+async def finish_many(
+    body: FinishManyIn, agent: CurrentAgent, session: DbSession
+) -> Envelope[FinishManyOut]:
+    """The same as one `frames/{id}/finish` per item, in one transaction, for agents whose
+    frames end together (short frames, many slots). An item whose attempt no longer holds its
+    frame gets its own error (`INVALID_STATE`, or `NOT_FOUND`) and the others go on; any other
+    error fails the whole batch, which then changed nothing and may be sent again."""
+    answers: list[FinishedItem] = []
+    for item in body.items:
+        try:
+            finished, cost = await dispatch.finish_frame(
+                session, agent, item.frame_id, item.attempt, _report(item)
+            )
+        except AppError as exc:
+            # both are raised before the item wrote anything
+            if exc.spec not in (E.INVALID_STATE, E.NOT_FOUND):
+                raise
+            answers.append(
+                FinishedItem(frame_id=item.frame_id, error=exc.spec.name, message=str(exc))
+            )
+            continue
+        answers.append(
+            FinishedItem(
+                frame_id=item.frame_id,
+                frame_status=str(finished.frame_status),
+                agent_blocked=finished.agent_blocked,
+                cost=fen_to_str(cost),
+            )
+        )
+    return Envelope(data=FinishManyOut(items=answers))
+
+
 @router.post("/frames/{frame_id}/finish", summary="Finish an attempt", responses=ATTEMPT_ERRORS)
 async def finish(
     frame_id: FrameId, body: FinishIn, agent: CurrentAgent, session: DbSession
@@ -116,18 +164,7 @@ async def finish(
     (the frame waits again, not counted against it). 409 INVALID_STATE when the attempt no
     longer holds the frame: its result is discarded."""
     finished, cost = await dispatch.finish_frame(
-        session,
-        agent,
-        frame_id,
-        body.attempt,
-        Report(
-            outcome=body.outcome,
-            exit_code=body.exit_code,
-            duration_ms=body.duration_ms,
-            core_seconds=body.core_seconds,
-            peak_memory_bytes=body.peak_memory_bytes,
-            error=body.error,
-        ),
+        session, agent, frame_id, body.attempt, _report(body)
     )
     return Envelope(
         data=FinishOut(

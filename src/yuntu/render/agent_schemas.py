@@ -173,12 +173,36 @@ class FinishIn(BaseModel):
     )
 
 
+class FinishItem(FinishIn):
+    frame_id: Id
+
+
+class FinishManyIn(BaseModel):
+    items: list[FinishItem] = Field(min_length=1, max_length=64)
+
+
 class FinishOut(Schema):
     frame_status: str = Field(examples=["succeeded"], description="The frame's state now")
     agent_blocked: bool = Field(
         description="This failure blocklisted the agent for the task: it gets none of its frames"
     )
     cost: str = Field(examples=["0.04"], description="Charged for the frame, in yuan (CNY)")
+
+
+class FinishedItem(BaseModel):
+    """One item of a batch finish: its outcome, or the error it alone got (409 INVALID_STATE:
+    this attempt no longer holds the frame; 404 NOT_FOUND: no such frame task)."""
+
+    frame_id: Id
+    frame_status: str | None = None
+    agent_blocked: bool = False
+    cost: str | None = None
+    error: str | None = Field(default=None, examples=["INVALID_STATE"])
+    message: str | None = None
+
+
+class FinishManyOut(BaseModel):
+    items: list[FinishedItem]
 
 
 # -- administrators ----------------------------------------------------------------------------

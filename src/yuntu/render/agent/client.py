@@ -301,6 +301,27 @@ class AgentClient:
         data = await self._call("POST", f"/agents/frames/{frame_id}/finish", json=body)
         return FinishAnswer.model_validate(data)
 
+    async def finish_many(
+        self, items: list[tuple[str, FinishReport]]
+    ) -> list[FinishAnswer | ApiError]:
+        """Several finishes in one request: per item its answer, or the ApiError it alone got
+        (a lost attempt). An error of the whole call raises, as `finish` does."""
+        body = {
+            "items": [
+                {"frame_id": frame_id, **report.model_dump(mode="json")}
+                for frame_id, report in items
+            ]
+        }
+        data = await self._call("POST", "/agents/finish", json=body)
+        answers: list[FinishAnswer | ApiError] = []
+        for item in (data or {}).get("items", []):
+            if item.get("error"):
+                status = 404 if item["error"] == "NOT_FOUND" else 409
+                answers.append(ApiError(status, item["error"], item.get("message") or ""))
+            else:
+                answers.append(FinishAnswer.model_validate(item))
+        return answers
+
     async def download_scene(self, scene: Scene, destination: Path) -> None:
         """Fetch `scene` into `destination` (absent on failure), checking size and SHA-256."""
         url = urljoin(self.server + "/", scene.url)

@@ -28,6 +28,7 @@ from yuntu.render.agent.client import (
     AgentClient,
     ApiError,
     Assignment,
+    FinishAnswer,
     FinishReport,
     Outcome,
     Registration,
@@ -57,6 +58,18 @@ class _Lost(Exception):
     """The server answered that this attempt no longer holds its frame."""
 
 
+def _sample_tick(event: RenderEvent | None) -> bool:
+    """A renderer's line for one more sample of a frame, neither its first nor its last (Cycles
+    prints one per sample): it travels as progress, not as a log line, or the task log would
+    hold hundreds of lines per frame and the server would store them while the frame renders."""
+    return (
+        isinstance(event, FrameProgress)
+        and event.sample is not None
+        and event.samples is not None
+        and 1 < event.sample < event.samples
+    )
+
+
 class _Attempt:
     def __init__(self, assignment: Assignment) -> None:
         self.assignment = assignment
@@ -79,10 +92,11 @@ class _Attempt:
             self.work.cancel()
 
     def add_line(self, level: str, line: str, event: RenderEvent | None = None) -> None:
-        if len(self.lines) >= MAX_PENDING:
-            self.lines.popleft()
-            self.dropped += 1
-        self.lines.append({"level": level, "line": line})
+        if not _sample_tick(event):
+            if len(self.lines) >= MAX_PENDING:
+                self.lines.popleft()
+                self.dropped += 1
+            self.lines.append({"level": level, "line": line})
         if isinstance(event, FrameProgress):
             percent = event.percent
             if percent is None and event.sample is not None and event.samples:
@@ -157,6 +171,8 @@ class Agent:
         self._claiming = asyncio.Lock()
         self._claimed: list[Assignment] = []  # claimed, not yet started by a slot
         self._free_slots = 0
+        self._finishing = asyncio.Lock()
+        self._finishes: list[tuple[str, FinishReport, asyncio.Future[FinishAnswer]]] = []
 
     @property
     def running(self) -> list[tuple[str, int]]:
@@ -351,6 +367,43 @@ class Agent:
             self._running.pop(assignment.frame_id, None)
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
 
+    async def _finish_together(self, frame_id: str, report: FinishReport) -> FinishAnswer:
+        """Finish through one request with whatever other slots finish meanwhile: while a
+        finish is on its way, the next ones gather and leave together (short frames on many
+        slots otherwise pay a request each)."""
+        done: asyncio.Future[FinishAnswer] = asyncio.get_running_loop().create_future()
+        self._finishes.append((frame_id, report, done))
+        async with self._finishing:
+            batch, self._finishes = self._finishes, []
+            if batch:
+                await self._send_finishes(batch)
+        return await done
+
+    async def _send_finishes(
+        self, batch: list[tuple[str, FinishReport, asyncio.Future[FinishAnswer]]]
+    ) -> None:
+        try:
+            if len(batch) == 1:
+                frame_id, report, _done = batch[0]
+                answers: list[FinishAnswer | ApiError] = [
+                    await self.client.finish(frame_id, report)
+                ]
+            else:
+                answers = await self.client.finish_many([(f, r) for f, r, _ in batch])
+        except Exception as exc:  # the whole call failed: each waiting slot gets the error
+            for _frame_id, _report, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for (_frame_id, _report, done), answer in zip(batch, answers, strict=False):
+            if isinstance(answer, ApiError):
+                done.set_exception(answer)
+            else:
+                done.set_result(answer)
+        for _frame_id, _report, done in batch:
+            if not done.done():
+                done.set_exception(ApiError(500, "INTERNAL_ERROR", "no answer for this frame"))
+
     def _outcome(self, attempt: _Attempt) -> FinishReport | None:
         work = attempt.work
         number = attempt.assignment.attempt
@@ -473,7 +526,7 @@ class Agent:
 
     async def _finish(self, assignment: Assignment, report: FinishReport) -> None:
         try:
-            answer = await self.client.finish(assignment.frame_id, report)
+            answer = await self._finish_together(assignment.frame_id, report)
         except ApiError as exc:
             if exc.lost:
                 self.stats[LOST] += 1
