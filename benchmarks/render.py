@@ -16,7 +16,7 @@
    download, six claims, log lines, twelve uploads, six finishes and billing included).
    Ratio = (b) / (a), five alternating rounds (median).
 
-    .venv/bin/python benchmarks/render.py [--frames 2000] [--skip-blender]
+    .venv/bin/python benchmarks/render.py [--frames 2000] [--skip-blender | --skip-scheduling]
 
 Goals (issue 6): >= 200 frame tasks/s across 4 agents; Blender through Yuntu <= 1.15x direct.
 """
@@ -357,6 +357,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--skip-blender", action="store_true")
+    parser.add_argument("--skip-scheduling", action="store_true")
     args = parser.parse_args()
     url = asyncio.run(fresh_database())
     workdir = Path(tempfile.mkdtemp(prefix="yuntu-render-bench-"))
@@ -364,7 +365,8 @@ def main() -> int:
     try:
         farm.start()
         print(f"cores: {os.cpu_count()}  workdir: {workdir}")
-        scheduling(farm, args.frames)
+        if not args.skip_scheduling:
+            scheduling(farm, args.frames)
         executable = blender_executable()
         if args.skip_blender:
             pass

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,13 @@ from yuntu.render.agent.runners import (
     RunResult,
     collect_outputs,
 )
-from yuntu.render.contract import ChunkJob, FrameProgress, OutputFormat, RenderEvent
+from yuntu.render.contract import (
+    ChunkJob,
+    FrameProgress,
+    OutputFormat,
+    OutputSaved,
+    RenderEvent,
+)
 from yuntu.render.frames import describe
 
 log = get_logger("yuntu.agent")
@@ -455,8 +463,36 @@ class Agent:
             f"yuntu agent {self.hostname}: frames {describe(job.frames)}, "
             f"{renderer.name} ({a.renderer}), attempt {a.attempt}",
         )
+        # a frame the renderer says it saved is uploaded while it renders the chunk's next ones
+        early: dict[str, asyncio.Task[Any]] = {}
+
+        def sink(level: str, line: str, event: RenderEvent | None = None) -> None:
+            attempt.add_line(level, line, event)
+            if isinstance(event, OutputSaved) and event.frame in job.frames:
+                path = Path(os.path.normpath(os.path.join(out_dir, event.path)))
+                if path.parent == out_dir and str(path) not in early and path.is_file():
+                    early[str(path)] = asyncio.create_task(
+                        self.client.put_output(a.frame_id, a.attempt, path, path.name, event.frame)
+                    )
+
         try:
-            result = await renderer.render(job, a.renderer, attempt.add_line)
+            return await self._render_and_upload(attempt, renderer, job, sink, early)
+        finally:
+            for task in early.values():
+                task.cancel()
+            await asyncio.gather(*early.values(), return_exceptions=True)
+
+    async def _render_and_upload(
+        self,
+        attempt: _Attempt,
+        renderer: Renderer,
+        job: ChunkJob,
+        sink: Callable[..., None],
+        early: dict[str, asyncio.Task[Any]],
+    ) -> FinishReport:
+        a = attempt.assignment
+        try:
+            result = await renderer.render(job, a.renderer, sink)
         except RendererMissing as exc:
             return _report(a.attempt, "agent_fault", str(exc))
         except ValueError as exc:
@@ -475,10 +511,14 @@ class Agent:
                     "warning", f"yuntu agent: {output.filename} not kept: it names no frame"
                 )
                 continue
+            sent = early.pop(str(output.path), None)
             try:
-                await self.client.put_output(
-                    a.frame_id, a.attempt, output.path, output.filename, output.frame
-                )
+                if sent is not None:
+                    await sent
+                else:
+                    await self.client.put_output(
+                        a.frame_id, a.attempt, output.path, output.filename, output.frame
+                    )
             except ApiError as exc:
                 if exc.lost:
                     raise _Lost from exc
