@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.render.test_blender_real import MAKE_SCENE, _need_blender
+from tests.render.test_blender_real import MAKE_SCENE
+from tests.support.blender_scene import need_blender, run_scene_script
 from yuntu.render.agent.runners import (
     BlenderRenderer,
     NoopRenderer,
@@ -76,13 +76,18 @@ for frame in frames:
 """
 
 
-@pytest.fixture
-def fake(tmp_path: Path) -> Path:
-    script = tmp_path / "bin" / "fakerender"
+def write_fake_renderer(directory: Path) -> Path:
+    """FAKE_RENDERER as an executable `fakerender` in `directory/bin`."""
+    script = directory / "bin" / "fakerender"
     script.parent.mkdir()
     script.write_text(f"#!{sys.executable}\n{FAKE_RENDERER}")
     script.chmod(0o755)
     return script
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    return write_fake_renderer(tmp_path)
 
 
 def template_renderer(script: Path, *, per_frame: bool = False) -> TemplateRenderer:
@@ -337,15 +342,8 @@ def test_collect_outputs_skips_links_and_hidden_files_and_flattens(tmp_path):
 
 @pytest.fixture(scope="module")
 def blend(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    executable = _need_blender()
     path = tmp_path_factory.mktemp("agent-blend") / "tiny.blend"
-    done = subprocess.run(
-        [executable, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "3",
-         "--python-expr", MAKE_SCENE, "--", str(path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return path
+    return run_scene_script(need_blender(), MAKE_SCENE, path)
 
 
 @pytest.mark.slow
@@ -357,7 +355,7 @@ async def test_blender_renderer_renders_a_chunk(blend, tmp_path):
     )
     lines = Lines()
     # Cycles (2 samples, as saved) prints the Fra: progress lines; Workbench prints none
-    result = await BlenderRenderer(_need_blender(), threads=1).render(job, "cycles", lines)
+    result = await BlenderRenderer(need_blender(), threads=1).render(job, "cycles", lines)
     assert result.exit_code == 0, lines.text()[-3000:]
     assert result.core_seconds > 0 and result.peak_memory_bytes > 10 * 1024 * 1024
     assert {e.frame for e in lines.events(FrameProgress)} == {2, 4}
@@ -376,7 +374,7 @@ async def test_blender_setup_failure_is_a_failed_exit(blend, tmp_path):
     job = ChunkJob(
         scene=str(blend), frames=(1,), out_dir=str(out), width=32, height=18, camera="Nope"
     )
-    result: RunResult = await BlenderRenderer(_need_blender()).render(job, "workbench", Lines())
+    result: RunResult = await BlenderRenderer(need_blender()).render(job, "workbench", Lines())
     assert result.exit_code == 2
     assert any("has no camera named" in message for message in result.errors)
 

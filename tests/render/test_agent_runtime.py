@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import secrets
 import shlex
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from sqlalchemy import select
 
 from tests.conftest import API, bearer, free_port, make_admin, register
 from tests.render.conftest import load
-from tests.render.test_agent_runners import FAKE_RENDERER, alive, wait_for_file
+from tests.render.test_agent_runners import alive, wait_for_file, write_fake_renderer
 from yuntu.models.render import FrameTask, RenderAgent, RenderLog, RenderOutput, RenderTask
 from yuntu.render.agent.client import AgentClient, ApiError
 from yuntu.render.agent.local import start_local_agent, stop_local_agent
@@ -43,11 +42,7 @@ FAKE_TEMPLATE = {
 
 @pytest.fixture
 def fake(tmp_path: Path) -> Path:
-    script = tmp_path / "bin" / "fakerender"
-    script.parent.mkdir()
-    script.write_text(f"#!{sys.executable}\n{FAKE_RENDERER}")
-    script.chmod(0o755)
-    return script
+    return write_fake_renderer(tmp_path)
 
 
 @pytest.fixture

@@ -4,22 +4,17 @@ fails (.ci/run installs it)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.blender_scene import need_blender, png_size, run_scene_script
 from yuntu.render.blender import EXIT_SETUP_FAILED, build_command, output_path, parse_line
 from yuntu.render.contract import ChunkJob, FrameProgress, OutputSaved, RendererError, RenderEvent
 
 pytestmark = pytest.mark.slow
 
-BLENDER = shutil.which("blender") or (
-    "/usr/bin/blender" if Path("/usr/bin/blender").exists() else None
-)
 WIDTH, HEIGHT = 64, 36
 
 # Saved differently from what the command asks for (128x72 at 50 %, denoising on, no active
@@ -51,41 +46,16 @@ bpy.ops.wm.save_as_mainfile(filepath=sys.argv[sys.argv.index("--") + 1])
 """
 
 
-def _need_blender() -> str:
-    if BLENDER is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("blender is not installed, and CI=true requires the real renderer")
-        pytest.skip("blender is not installed")
-    return BLENDER
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    executable = _need_blender()
     path = tmp_path_factory.mktemp("blend") / "tiny scene.blend"
-    done = subprocess.run(
-        [executable, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "3",
-         "--python-expr", MAKE_SCENE, "--", str(path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert path.is_file()
-    return path
+    return run_scene_script(need_blender(), MAKE_SCENE, path)
 
 
 def _run(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], list[RenderEvent]]:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     events = [event for line in done.stdout.splitlines() if (event := parse_line(line))]
     return done, events
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    length, kind = struct.unpack(">I4s", data[8:16])
-    assert (length, kind) == (13, b"IHDR")
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
 
 
 def test_renders_a_two_frame_chunk(scene: Path, tmp_path: Path) -> None:
@@ -97,13 +67,13 @@ def test_renders_a_two_frame_chunk(scene: Path, tmp_path: Path) -> None:
         height=HEIGHT,
         camera="Cam",
     )
-    done, events = _run(build_command(job, executable=_need_blender(), samples=1))
+    done, events = _run(build_command(job, executable=need_blender(), samples=1))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     outputs = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in outputs] == ["frame_0003.png", "frame_0004.png"]
     assert [str(p) for p in outputs] == [output_path(job, 3), output_path(job, 4)]
-    assert all(_png_size(p) == (WIDTH, HEIGHT) for p in outputs)
+    assert all(png_size(p.read_bytes()) == (WIDTH, HEIGHT) for p in outputs)
 
     saved = [e for e in events if isinstance(e, OutputSaved)]
     assert saved == [OutputSaved(output_path(job, 3), 3), OutputSaved(output_path(job, 4), 4)]
@@ -126,7 +96,7 @@ def test_a_missing_camera_fails_the_chunk(scene: Path, tmp_path: Path) -> None:
         height=HEIGHT,
         camera=name,
     )
-    done, events = _run(build_command(job, executable=_need_blender()))
+    done, events = _run(build_command(job, executable=need_blender()))
     assert done.returncode == EXIT_SETUP_FAILED, done.stdout[-3000:]
     assert not marker.exists()
     assert not (tmp_path / "out").exists()

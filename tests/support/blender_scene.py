@@ -55,11 +55,13 @@ def need_blender() -> str:
     return executable
 
 
-def make_scene(executable: str, path: Path, samples: int = 8) -> Path:
+def run_scene_script(executable: str, script: str, path: Path, *args: str) -> Path:
+    """Run a Python `script` in a factory-fresh Blender that saves a scene at `path` (its
+    first argument after `--`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         [executable, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "3",
-         "--python-expr", SCENE_SCRIPT, "--", str(path), str(samples)],
+         "--python-expr", script, "--", str(path), *args],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     if done.returncode != 0 or not path.is_file():
@@ -67,9 +69,15 @@ def make_scene(executable: str, path: Path, samples: int = 8) -> Path:
     return path
 
 
+def make_scene(executable: str, path: Path, samples: int = 8) -> Path:
+    return run_scene_script(executable, SCENE_SCRIPT, path, str(samples))
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     import struct
 
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert (length, kind) == (13, b"IHDR")
     width, height = struct.unpack(">II", data[16:24])
     return width, height

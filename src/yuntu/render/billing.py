@@ -53,8 +53,21 @@ def reference(task_id: int) -> Reference:
     return Reference(REFERENCE_TYPE, task_id)
 
 
-def hold_amount(task: RenderTask) -> int:
+def hold_amount(task: RenderTask | TaskMoney) -> int:
+    """What submitting holds: the estimate, capped by the budget."""
     return task.estimate if task.budget is None else min(task.estimate, task.budget)
+
+
+async def _open_bill(session: AsyncSession, task: RenderTask, hold_id: int | None) -> Bill:
+    """The task's one bill (opened now, or the one opened before: a bill per reference)."""
+    return await bills.open_bill(
+        session,
+        user_id=task.user_id,
+        asset=Asset.CNY,
+        title=f"Render: {task.name}",
+        reference=reference(task.id),
+        hold_id=hold_id,
+    )
 
 
 async def hold_estimate(session: AsyncSession, task: RenderTask, settings: Settings) -> None:
@@ -74,14 +87,7 @@ async def hold_estimate(session: AsyncSession, task: RenderTask, settings: Setti
             description=f"Render estimate: {task.name}",
         )
         hold_id = hold.id
-    bill = await bills.open_bill(
-        session,
-        user_id=task.user_id,
-        asset=Asset.CNY,
-        title=f"Render: {task.name}",
-        reference=reference(task.id),
-        hold_id=hold_id,
-    )
+    bill = await _open_bill(session, task, hold_id)
     task.hold_id, task.bill_id = hold_id, bill.id
     await session.flush()
 
@@ -121,9 +127,7 @@ async def settle_frame(
     short: PausedReason | None = None
     if money.budget is not None and cost > money.budget - spent:
         cost, short = max(0, money.budget - spent), PausedReason.BUDGET
-    held = 0
-    if money.hold_id is not None:
-        held = money.estimate if money.budget is None else min(money.estimate, money.budget)
+    held = 0 if money.hold_id is None else hold_amount(money)
     if cost > 0 and spent + cost > held:
         task = await session.get(RenderTask, task_id, populate_existing=True)
         assert task is not None
@@ -184,13 +188,7 @@ async def _bill_of(session: AsyncSession, task: RenderTask) -> Bill:
         bill = await session.get(Bill, task.bill_id)
         if bill is not None:
             return bill
-    bill = await bills.open_bill(
-        session,
-        user_id=task.user_id,
-        asset=Asset.CNY,
-        title=f"Render: {task.name}",
-        reference=reference(task.id),
-    )
+    bill = await _open_bill(session, task, None)
     await session.execute(
         update(RenderTask).where(RenderTask.id == task.id).values(bill_id=bill.id)
     )

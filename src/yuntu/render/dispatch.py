@@ -23,14 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.drive import downloads
 from yuntu.kit.db import Database, bulk_insert, database_of, on_commit
-from yuntu.kit.errors import AppError, E
 from yuntu.kit.ids import new_id
 from yuntu.models.drive import Blob
 from yuntu.models.render import AgentStatus, FrameTask, RenderAgent, RenderLog, RenderTask
 from yuntu.render import billing, events, progress, scheduling
 from yuntu.render.frame_states import Moved
 from yuntu.render.scheduling import Finished, Report
-from yuntu.render.states import FrameStatus as F
 from yuntu.settings import Settings
 
 SWEEP_LIMIT = 100  # expired leases one claim sends back before claiming
@@ -269,31 +267,6 @@ async def heartbeat(
     return await scheduling.heartbeat(session, agent.id, running, lease, now=now)
 
 
-async def held_frame(
-    session: AsyncSession, frame_id: int, agent_id: int, attempt: int
-) -> tuple[FrameTask, RenderTask]:
-    """The frame and its task, when attempt `attempt` of `agent_id` holds the frame: 404 for
-    an unknown frame, 409 INVALID_STATE otherwise (lease lost, task cancelled, another agent's
-    frame). For the outputs endpoint too."""
-    row = (
-        await session.execute(
-            select(FrameTask, RenderTask)
-            .join(RenderTask, RenderTask.id == FrameTask.task_id)
-            .where(FrameTask.id == frame_id)
-            .execution_options(populate_existing=True)
-        )
-    ).one_or_none()
-    if row is None:
-        raise AppError(E.NOT_FOUND, message="no such frame task")
-    frame, task = row
-    if not (frame.status == F.RUNNING and frame.agent_id == agent_id and frame.attempts == attempt):
-        raise AppError(
-            E.INVALID_STATE,
-            message="this attempt no longer holds the frame (lease lost or task cancelled)",
-        )
-    return frame, task
-
-
 async def record_log(
     session: AsyncSession,
     agent: RenderAgent,
@@ -306,7 +279,7 @@ async def record_log(
     """Store (level, line) pairs of the attempt and publish them (task.log) once committed.
     Lines are cleaned and cut to MAX_LINE characters; at most MAX_LINES are kept. Returns
     whether the agent should stop the frame (never, today: a lost attempt answers 409)."""
-    frame, task = await held_frame(session, frame_id, agent.id, attempt)
+    frame, task = await scheduling.held_frame(session, frame_id, agent.id, attempt)
     now = now or datetime.now(UTC)
     kept = [(_level(level), clean_line(line)) for level, line in lines[:MAX_LINES]]
     if not kept:

@@ -44,7 +44,7 @@ from yuntu.kit.errors import AppError, E
 from yuntu.kit.schemas import PageParams
 from yuntu.models.drive import Blob, Drive, DriveFile, Folder
 from yuntu.models.render import FrameTask, RenderAgent, RenderOutput, RenderTask
-from yuntu.render.states import FrameStatus
+from yuntu.render import scheduling
 from yuntu.storage import blobs
 
 RENDERS_FOLDER = "renders"
@@ -89,39 +89,6 @@ def _mime(filename: str, declared: str | None) -> str | None:
 
 
 # -- upload ----------------------------------------------------------------------------------
-def _lost() -> AppError:
-    return AppError(
-        E.INVALID_STATE,
-        message="this attempt no longer holds the frame (lease lost or task cancelled)",
-    )
-
-
-async def _held_frame(
-    session: AsyncSession, frame_id: int, agent_id: int, attempt: int, *, lock: bool
-) -> tuple[FrameTask, RenderTask]:
-    """The frame and its task while `attempt` of `agent_id` holds it: 404 for an unknown
-    frame, 409 INVALID_STATE once the attempt lost it. `lock` takes the frame's row, then its
-    task's (the render lock order), so finishing or cancelling waits for this upload."""
-    frame_query = select(FrameTask).where(FrameTask.id == frame_id)
-    if lock:
-        frame_query = frame_query.with_for_update()
-    frame = await session.scalar(frame_query.execution_options(populate_existing=True))
-    if frame is None:
-        raise AppError(E.NOT_FOUND, message="no such frame task")
-    if not (
-        frame.status == FrameStatus.RUNNING
-        and frame.agent_id == agent_id
-        and frame.attempts == attempt
-    ):
-        raise _lost()
-    task_query = select(RenderTask).where(RenderTask.id == frame.task_id)
-    if lock:
-        task_query = task_query.with_for_update()
-    task = await session.scalar(task_query.execution_options(populate_existing=True))
-    assert task is not None  # the frame's foreign key cascades with its task
-    return frame, task
-
-
 def _check_frame_number(frame: FrameTask, number: int) -> None:
     if number not in frame.frames:
         raise AppError(
@@ -147,7 +114,7 @@ async def _precheck(
     attempt, a wrong frame, a type or size the drive refuses, no room left). Not binding: the
     transaction checks again."""
     async with db.read_sessionmaker() as session:
-        frame, task = await _held_frame(session, frame_id, agent_id, attempt, lock=False)
+        frame, task = await scheduling.held_frame(session, frame_id, agent_id, attempt)
         _check_frame_number(frame, number)
         drive = await get_drive(session, task.drive_id, task.user_id, Level.WRITE)
         drives.check_file_allowed(drive, name, size)
@@ -245,7 +212,7 @@ async def store_output(
     held: dict[str, Any] = {}
 
     async def before(session: AsyncSession) -> None:
-        frame, locked = await _held_frame(session, frame_id, agent_id, attempt, lock=True)
+        frame, locked = await scheduling.held_frame(session, frame_id, agent_id, attempt, lock=True)
         _check_frame_number(frame, frame_number)
         await _drop_previous(session, locked, name)
         await _make_folder(session, locked)

@@ -274,8 +274,7 @@ async def finish(
     if frame is None:
         raise AppError(E.NOT_FOUND, message="no such frame task")
     row, max_retries, priority = frame
-    if not (row.status == F.RUNNING and row.agent_id == agent_id and row.attempts == attempt):
-        raise _lost()
+    ensure_held(row, agent_id, attempt)
     values: dict[str, Any] = {
         "exit_code": report.exit_code,
         "duration_ms": report.duration_ms,
@@ -326,6 +325,34 @@ def _lost() -> AppError:
         E.INVALID_STATE,
         message="this attempt no longer holds the frame (lease lost or task cancelled)",
     )
+
+
+def ensure_held(frame: FrameTask, agent_id: int, attempt: int) -> None:
+    """409 INVALID_STATE unless attempt `attempt` of `agent_id` holds the frame (fencing)."""
+    if not (frame.status == F.RUNNING and frame.agent_id == agent_id and frame.attempts == attempt):
+        raise _lost()
+
+
+async def held_frame(
+    session: AsyncSession, frame_id: int, agent_id: int, attempt: int, *, lock: bool = False
+) -> tuple[FrameTask, RenderTask]:
+    """The frame and its task while `attempt` of `agent_id` holds it: 404 for an unknown
+    frame, 409 INVALID_STATE once the attempt lost it. `lock` takes the frame's row, then its
+    task's (the render lock order), so finishing or cancelling waits for what the caller
+    writes for this attempt (an output upload)."""
+    frame_query = select(FrameTask).where(FrameTask.id == frame_id)
+    if lock:
+        frame_query = frame_query.with_for_update()
+    frame = await session.scalar(frame_query.execution_options(populate_existing=True))
+    if frame is None:
+        raise AppError(E.NOT_FOUND, message="no such frame task")
+    ensure_held(frame, agent_id, attempt)
+    task_query = select(RenderTask).where(RenderTask.id == frame.task_id)
+    if lock:
+        task_query = task_query.with_for_update()
+    task = await session.scalar(task_query.execution_options(populate_existing=True))
+    assert task is not None  # the frame's foreign key cascades with its task
+    return frame, task
 
 
 async def _count_failure(session: AsyncSession, task_id: int, agent_id: int) -> bool:
