@@ -40,6 +40,9 @@ from yuntu.ledger.points_endpoints import router as points_router
 from yuntu.ledger.subscription_endpoints import router as subscription_router
 from yuntu.ledger.user_endpoints import router as ledger_user_router
 from yuntu.ops.endpoints import router as ops_router
+from yuntu.packages.client_endpoints import public_router as package_public_router
+from yuntu.packages.client_endpoints import router as package_client_router
+from yuntu.packages.endpoints import router as package_router
 from yuntu.render.admin_endpoints import router as render_admin_router
 from yuntu.render.agent.local import start_local_agent, stop_local_agent
 from yuntu.render.agent_endpoints import router as render_agent_router
@@ -185,6 +188,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(render_output_agent_router, prefix=API_PREFIX)
     app.include_router(render_output_router, prefix=API_PREFIX)
     app.include_router(render_task_router, prefix=API_PREFIX)
+    app.include_router(package_router, prefix=API_PREFIX)
+    app.include_router(package_client_router, prefix=API_PREFIX)
+    app.include_router(package_public_router)
     app.include_router(events_router)
     if settings.cors_origins:
         app.add_middleware(

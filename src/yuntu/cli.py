@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -24,8 +24,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 admin_app = typer.Typer(help="Administrative tasks.", no_args_is_help=True)
+packages_app = typer.Typer(help="Package distribution.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(packages_app, name="packages")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(drive_app, name="drive")
 app.add_typer(ledger_app, name="ledger")
@@ -189,16 +191,54 @@ def create_user(
     role: Annotated[str, typer.Option(help="user or admin")] = "user",
 ) -> None:
     """Create a user (or the first administrator with --role admin)."""
+    if role not in ("user", "admin"):
+        _fail("--role must be user or admin", 2)
+    user_id, _ = _create_user(username, password, email, role)
+    typer.echo(json.dumps({"id": str(user_id), "username": username, "email": email, "role": role}))
+
+
+@packages_app.command("init-admin")
+def packages_init_admin(
+    username: Annotated[str, typer.Option(help="Login name")],
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="Password")
+    ],
+    email: Annotated[str | None, typer.Option()] = None,
+    api_key: Annotated[
+        bool,
+        typer.Option("--api-key", help="Also create an API key with packages:admin (printed once)"),
+    ] = False,
+) -> None:
+    """Create the first administrator of a new installation; refused once one exists (add more
+    with `yuntu admin create-user --role admin`)."""
+    user_id, secret = _create_user(
+        username, password, email, "admin", first_admin=True, api_key=api_key
+    )
+    out: dict[str, Any] = {"id": str(user_id), "username": username, "role": "admin"}
+    if secret is not None:
+        out["api_key"] = secret
+    typer.echo(json.dumps(out))
+
+
+def _create_user(
+    username: str,
+    password: str,
+    email: str | None,
+    role: str,
+    *,
+    first_admin: bool = False,
+    api_key: bool = False,
+) -> tuple[int, str | None]:
+    from sqlalchemy import select
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from yuntu.identity import service
+    from yuntu.identity import apikeys, service
     from yuntu.kit import ids
     from yuntu.kit.db import Database
     from yuntu.kit.errors import AppError
+    from yuntu.models.identity import User, UserRole
 
-    if role not in ("user", "admin"):
-        _fail("--role must be user or admin", 2)
     settings = _settings()
     ids.configure(settings.node_id)
     url = make_url(settings.effective_database_url)
@@ -209,10 +249,16 @@ def create_user(
     ):  # do not leave an empty database file behind
         _fail(f"no database at {url.database}; run `yuntu db upgrade` first")
 
-    async def run() -> int:
+    async def run() -> tuple[int, str | None] | None:
         db = Database(settings.effective_database_url)
         try:
             async with db.transaction() as session:
+                if first_admin:
+                    found = await session.scalar(
+                        select(User.id).where(User.role == UserRole.ADMIN).limit(1)
+                    )
+                    if found is not None:
+                        return None
                 user = await service.create_user(
                     session,
                     username=username,
@@ -221,12 +267,21 @@ def create_user(
                     password=password,
                     role=role,
                 )
-                return user.id
+                secret = None
+                if api_key:
+                    _, secret = await apikeys.create(
+                        session,
+                        name=f"{username} (init-admin)",
+                        scopes=["packages:admin"],
+                        created_by=user.id,
+                        expires_at=None,
+                    )
+                return user.id, secret
         finally:
             await db.dispose()
 
     try:
-        user_id = asyncio.run(run())
+        created = asyncio.run(run())
     except AppError as exc:
         _fail(_describe_app_error(exc))
     except SQLAlchemyError as exc:
@@ -234,7 +289,11 @@ def create_user(
             f"database not ready ({type(exc).__name__}: {_first_line(exc)}); "
             "run `yuntu db upgrade` first"
         )
-    typer.echo(json.dumps({"id": str(user_id), "username": username, "email": email, "role": role}))
+    if created is None:
+        _fail(
+            "an administrator already exists; add more with `yuntu admin create-user --role admin`"
+        )
+    return created
 
 
 def _first_line(exc: BaseException) -> str:

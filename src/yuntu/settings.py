@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from yuntu.packages.settings import PackageSettings
 from yuntu.render.settings import RenderSettings
 
 # Values that appear in examples, tutorials and our own docs: never acceptable in production.
@@ -55,7 +56,7 @@ class PointsProduct(BaseModel):
     title: str | None = None
 
 
-class Settings(RenderSettings, BaseSettings):
+class Settings(RenderSettings, PackageSettings, BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="YUNTU_", env_file=".env", extra="ignore", validate_default=True
     )

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Query
 
-from yuntu.admin import service
-from yuntu.admin.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, RoleChange, StatusChange
+from yuntu.admin import audit, service
+from yuntu.admin.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    AuditOut,
+    GrantsChange,
+    RoleChange,
+    StatusChange,
+)
 from yuntu.identity import apikeys
 from yuntu.identity.deps import ClientInfo, CurrentAdmin, DbSession, Principal, require_scope
 from yuntu.identity.schemas import UserOut
 from yuntu.identity.service import now_utc
+from yuntu.kit.forms import field_error
 from yuntu.kit.routing import error_responses, make_router
 from yuntu.kit.schemas import Envelope, Id, Page, PageParams, make_page, page_params, paginate
 from yuntu.kit.text import line
@@ -93,6 +102,25 @@ async def change_role(
     return Envelope(data=UserOut.model_validate(user))
 
 
+@router.put(
+    "/users/{user_id}/grants",
+    summary="Set the scopes a user is granted",
+    responses=error_responses(404),
+)
+async def change_grants(
+    user_id: UserId,
+    body: GrantsChange,
+    admin: CurrentAdmin,
+    session: DbSession,
+    client: ClientInfo,
+) -> Envelope[UserOut]:
+    """Replaces the user's grants: the same scopes API keys carry (`packages:admin` lets a
+    non-admin user manage packages, `packages:read` lets them see packages and processing logs).
+    Takes effect on the user's next request."""
+    user = await service.set_grants(session, admin.user, user_id, list(body.grants), client.ip)
+    return Envelope(data=UserOut.model_validate(user))
+
+
 @router.post("/api-keys", status_code=201, summary="Create an API key (secret shown once)")
 async def create_api_key(
     body: ApiKeyCreate, admin: CurrentAdmin, session: DbSession, client: ClientInfo
@@ -127,3 +155,38 @@ async def revoke_api_key(
     """Takes effect at once. Revoking an already revoked key is a no-op."""
     key = await service.revoke_api_key(session, admin.user, key_id, client.ip)
     return Envelope(data=ApiKeyOut.model_validate(key))
+
+
+@router.get("/audit", summary="The audit log: every administrative action")
+async def list_audit(
+    session: DbSession,
+    pagination: Pagination,
+    _principal: Annotated[Principal, require_scope("audit:read")],
+    action: Annotated[
+        str | None,
+        Query(max_length=64, description="An action, or a family ending in `.`: `package.`"),
+    ] = None,
+    actor_user_id: Annotated[Id | None, Query()] = None,
+    actor_api_key_id: Annotated[Id | None, Query()] = None,
+    target_type: Annotated[str | None, Query(max_length=32)] = None,
+    target_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[datetime | None, Query(description="At or after (with a time zone)")] = None,
+    until: Annotated[datetime | None, Query(description="Before (with a time zone)")] = None,
+) -> Envelope[Page[AuditOut]]:
+    """Who (user or API key), what (action, target, before and after), when and from which
+    address. Newest first. Admins, or API keys with `audit:read`."""
+    for value, name in ((since, "since"), (until, "until")):
+        if value is not None and value.tzinfo is None:
+            raise field_error(f"query.{name}", "give a time zone (e.g. 2026-01-01T00:00:00Z)")
+    statement = audit.list_statement(
+        action=action,
+        actor_user_id=actor_user_id,
+        actor_api_key_id=actor_api_key_id,
+        target_type=target_type,
+        target_id=target_id,
+        since=since,
+        until=until,
+    )
+    rows, total = await paginate(session, statement, pagination)
+    items = [AuditOut.model_validate(row) for row in rows]
+    return Envelope(data=Page[AuditOut](**make_page(items, total, pagination)))

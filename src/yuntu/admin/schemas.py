@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,13 @@ from yuntu.kit.text import line
 class RoleChange(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "admin"}]})
     role: Literal["user", "admin"]
+
+
+class GrantsChange(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"grants": ["packages:admin"]}]}
+    )
+    grants: list[Scope] = Field(max_length=20)
 
 
 class StatusChange(BaseModel):
@@ -47,3 +54,16 @@ class ApiKeyCreated(ApiKeyOut):
     secret: str = Field(
         description="The key itself. Shown once, never again.", examples=["yk_3fa85f64_5Jf0..."]
     )
+
+
+class AuditOut(Schema):
+    id: Id
+    action: str = Field(examples=["package.rollback"])
+    actor_user_id: Id | None = Field(description="The user who acted (null: a key or the system)")
+    actor_api_key_id: Id | None = Field(description="The API key that acted, if any")
+    target_type: str = Field(examples=["package"])
+    target_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    ip: str | None = Field(description="The client address the action came from")
+    created_at: UtcDatetime

@@ -11,13 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from yuntu.admin import audit
 from yuntu.identity import apikeys
 from yuntu.identity.service import now_utc, revoke_user_sessions
+from yuntu.kit.db import like_literal
 from yuntu.kit.errors import AppError, E
 from yuntu.models.identity import ApiKey, User, UserStatus
 
 
 def _contains(value: str) -> str:
     """A LIKE pattern matching `value` anywhere, with the wildcards in it taken literally."""
-    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return "%" + like_literal(value) + "%"
 
 
 def search_statement(q: str | None, status: str | None, role: str | None) -> Select[tuple[User]]:
@@ -95,6 +96,27 @@ async def set_role(session: AsyncSession, actor: User, user_id: int, role: str, 
         ip=ip,
         before={"role": before},
         after={"role": role},
+    )
+    return user
+
+
+async def set_grants(
+    session: AsyncSession, actor: User, user_id: int, grants: list[str], ip: str
+) -> User:
+    """The scopes a non-admin user holds (e.g. `packages:admin` for a release manager)."""
+    user = await get_user(session, user_id)
+    before = list(user.grants or [])
+    user.grants = sorted(set(grants))
+    user.updated_at = now_utc()
+    await audit.record(
+        session,
+        actor_user_id=actor.id,
+        action="user.grants",
+        target_type="user",
+        target_id=user.id,
+        ip=ip,
+        before={"grants": before},
+        after={"grants": user.grants},
     )
     return user
 

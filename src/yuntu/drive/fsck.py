@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.db import Database
 from yuntu.models.drive import Blob, Drive, DriveFile, FileVersion
+from yuntu.models.packages import PackageVersion
 from yuntu.models.render import RenderOutput, RenderTask
 from yuntu.models.uploads import MultipartUpload, UploadTask, UploadTaskFile
 from yuntu.storage.base import PENDING_PREFIX, StorageError
@@ -30,6 +31,15 @@ _REFERENCES: dict[str, ReferenceQuery] = {
     ),
     "render_outputs": lambda: select(RenderOutput.blob_id, func.count()).group_by(
         RenderOutput.blob_id
+    ),
+    # a package version pins its original, and its processed artifact once it has one
+    "package_versions": lambda: select(PackageVersion.blob_id, func.count()).group_by(
+        PackageVersion.blob_id
+    ),
+    "package_artifacts": lambda: (
+        select(PackageVersion.artifact_blob_id, func.count())
+        .where(PackageVersion.artifact_blob_id.is_not(None))
+        .group_by(PackageVersion.artifact_blob_id)
     ),
 }
 

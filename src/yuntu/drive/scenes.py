@@ -16,12 +16,10 @@ survive are deleted.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +30,7 @@ from yuntu.drive.downloads import finished_in_drive, store_of_db
 from yuntu.drive.paths import Conflict, clean_name, join, split_path
 from yuntu.kit.db import Database
 from yuntu.kit.errors import AppError, E
+from yuntu.kit.forms import StreamedForm, field_error
 from yuntu.models.drive import Blob, Drive, DriveFile, Folder
 from yuntu.models.uploads import UploadTask, UploadTaskFile
 from yuntu.storage import blobs
@@ -54,11 +53,6 @@ class Placed:
     duplicated: bool
 
 
-async def _blob_row_exists(db: Database, sha256: str) -> bool:
-    async with db.read_sessionmaker() as session:
-        return await session.scalar(select(Blob.id).where(Blob.sha256 == sha256)) is not None
-
-
 async def save_staged(
     db: Database,
     staged: StagedObject,
@@ -78,7 +72,7 @@ async def save_staged(
     no row, no reservation, no stored object. `before` runs first in that transaction (a
     caller's checks and row locks, taken ahead of the drive's), `after` once the file is placed
     (a caller's own rows, e.g. a render output); either failing undoes everything."""
-    store = store_of_db(db)
+    store_of_db(db)  # storage must be configured before any row is written
     adopted: str | None = None
     try:
         async with db.transaction() as session:
@@ -120,11 +114,7 @@ async def save_staged(
             if after is not None:
                 await after(session, placed)
     except BaseException:
-        await blobs.discard(store, staged.key)
-        orphan = adopted is not None and adopted != staged.key
-        if orphan and not await _blob_row_exists(db, staged.sha256):
-            assert adopted is not None
-            await blobs.discard(store, adopted)
+        await blobs.undo_staged(db, staged, adopted)
         raise
     return placed
 
@@ -132,11 +122,6 @@ async def save_staged(
 # -- POST /files/upload ---------------------------------------------------------------------
 TASK_KEY_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 _TASK_KEY = re.compile(TASK_KEY_PATTERN)
-_MAX_FIELDS_BYTES = 64 * 1024
-
-
-def _field_error(field: str, message: str) -> AppError:
-    return AppError(E.VALIDATION_ERROR, details=[{"field": field, "message": message}])
 
 
 def scene_folder(task_key: str | None, field: str = "task_id") -> list[str]:
@@ -144,7 +129,7 @@ def scene_folder(task_key: str | None, field: str = "task_id") -> list[str]:
     if task_key is None:
         return [SCENES_FOLDER]
     if not _TASK_KEY.match(task_key):
-        raise _field_error(field, "1 to 128 letters, digits, `.`, `_` or `-`")
+        raise field_error(field, "1 to 128 letters, digits, `.`, `_` or `-`")
     return [SCENES_FOLDER, clean_name(task_key, field)]
 
 
@@ -152,113 +137,6 @@ def upload_name(raw: str | None) -> str:
     """The form file's name without any directory part a client may have sent."""
     base = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
     return clean_name(base, "file")
-
-
-class StreamedForm:
-    """A multipart/form-data body read in one pass: the bytes of the `file` field are handed
-    on as they arrive (never spooled to a temporary file), the other fields (small, at most
-    64 KiB in all) are collected. Only the first `file` part counts."""
-
-    def __init__(self, content_type: str | None, body: AsyncIterable[bytes]) -> None:
-        kind, params = parse_options_header(content_type or "")
-        boundary = params.get(b"boundary")
-        if kind == b"application/x-www-form-urlencoded":  # a form, but it cannot hold a file
-            raise _field_error("body.file", "Field required (send multipart/form-data)")
-        if kind != b"multipart/form-data" or not boundary:
-            raise AppError(E.UNSUPPORTED_MEDIA_TYPE, message="send multipart/form-data")
-        self.body = body
-        self.fields: dict[str, str] = {}
-        self.found = False
-        self.filename: str | None = None
-        self._out: list[bytes] = []
-        self._kind = ""
-        self._name = ""
-        self._buffer = bytearray()
-        self._field_bytes = 0
-        self._header = b""
-        self._value = b""
-        self._disposition = b""
-        self._ended = False
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._part_begin,
-                "on_header_field": self._header_field,
-                "on_header_value": self._header_value,
-                "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished,
-                "on_part_data": self._part_data,
-                "on_part_end": self._part_end,
-                "on_end": self._end,
-            },
-        )
-
-    def _part_begin(self) -> None:
-        self._disposition = b""
-        self._kind = ""
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _header_end(self) -> None:
-        if self._header.lower() == b"content-disposition":
-            self._disposition = self._value
-        self._header = self._value = b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        name = _decode(options.get(b"name", b""))
-        if name == "file" and b"filename" in options and not self.found:
-            self._kind, self.found = "file", True
-            self.filename = _decode(options[b"filename"])
-        elif b"filename" in options or not name:
-            self._kind = "skip"
-        else:
-            self._kind, self._name = "field", name
-            self._buffer = bytearray()
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._kind == "file":
-            self._out.append(bytes(data[start:end]))
-        elif self._kind == "field":
-            self._field_bytes += end - start
-            if self._field_bytes > _MAX_FIELDS_BYTES:
-                raise AppError(E.PAYLOAD_TOO_LARGE, message="form fields are too large")
-            self._buffer += data[start:end]
-
-    def _end(self) -> None:
-        self._ended = True
-
-    def _part_end(self) -> None:
-        if self._kind == "field":
-            self.fields.setdefault(self._name, _decode(bytes(self._buffer)))
-        self._kind = ""
-
-    async def file_chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.body:
-            try:
-                self._parser.write(chunk)
-            except FormParserError as exc:
-                raise AppError(E.BAD_REQUEST, message="malformed multipart body") from exc
-            if self._out:
-                yield b"".join(self._out)
-                self._out.clear()
-        try:
-            self._parser.finalize()
-        except FormParserError as exc:
-            raise AppError(E.BAD_REQUEST, message="malformed multipart body") from exc
-        if not self._ended:  # a truncated body must not be stored as a shorter file
-            raise AppError(E.BAD_REQUEST, message="the multipart body ended early")
-
-
-def _decode(raw: bytes) -> str:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
 
 
 async def upload_scene(
@@ -271,7 +149,7 @@ async def upload_scene(
     staged = await blobs.ingest(store, form.file_chunks(), max_bytes=drive.max_file_size)
     try:
         if not form.found:
-            raise _field_error("body.file", "Field required")
+            raise field_error("body.file", "Field required")
         name = upload_name(form.filename)
         if "task_id" in form.fields:  # present but empty is an error, not "no task"
             segments = scene_folder(form.fields["task_id"], "body.task_id")

@@ -15,8 +15,12 @@ from yuntu.models.identity import ApiKey
 
 KEY_PREFIX = "yk_"
 # Scopes a key may carry; domains add theirs here as they arrive.
-Scope = Literal["users:read", "users:write", "ledger:read", "packages:read", "packages:admin"]
+Scope = Literal[
+    "users:read", "users:write", "ledger:read", "packages:read", "packages:admin", "audit:read"
+]
 KNOWN_SCOPES: frozenset[str] = frozenset(get_args(Scope))
+# A scope is also granted by these broader ones (an administrator of packages may read them).
+IMPLIED_BY: dict[str, frozenset[str]] = {"packages:read": frozenset({"packages:admin"})}
 # last_used_at is written at most this often per key, so hot keys do not write on every call.
 _TOUCH_INTERVAL_SECONDS = 60
 

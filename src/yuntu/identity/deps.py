@@ -64,7 +64,9 @@ class Principal:
         return self.user is not None and self.user.role == UserRole.ADMIN
 
     def allows(self, scope: str) -> bool:
-        return self.is_admin or scope in self.scopes
+        if self.is_admin or scope in self.scopes:
+            return True
+        return bool(apikeys.IMPLIED_BY.get(scope, frozenset()) & self.scopes)
 
 
 async def _user_from_bearer(
@@ -149,7 +151,8 @@ async def current_principal(
 ) -> Principal:
     if credentials is not None:
         auth = await _user_from_bearer(request, session, rt, credentials.credentials)
-        return Principal(user=auth.user, session_id=auth.session_id)
+        grants = frozenset(auth.user.grants or ())
+        return Principal(user=auth.user, session_id=auth.session_id, scopes=grants)
     if api_key:
         key = await apikeys.authenticate(session, api_key)
         if apikeys.needs_touch(key):
@@ -169,10 +172,10 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 def require_scope(scope: str) -> object:
-    """An admin user, or an API key granted `scope`."""
+    """An admin user, or a user or API key granted `scope` (or a scope implying it)."""
 
     async def dependency(principal: CurrentPrincipal) -> Principal:
-        if principal.user is not None and not principal.is_admin:
+        if principal.user is not None and not principal.allows(scope):
             raise AppError(E.FORBIDDEN)
         if not principal.allows(scope):
             raise AppError(E.SCOPE_MISSING, details={"required_scope": scope})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from yuntu.kit.schemas import Id, Schema, UtcDatetime
 from yuntu.kit.text import line
@@ -40,6 +40,9 @@ class UserOut(Schema):
     status: Literal["active", "suspended", "deleted"]
     role: Literal["user", "admin"]
     member_level: int = Field(examples=[0])
+    grants: Annotated[list[str], BeforeValidator(lambda v: v or [])] = Field(
+        default_factory=list, description="Scopes granted besides the role", examples=[[]]
+    )
     created_at: UtcDatetime
     updated_at: UtcDatetime
     last_login_at: UtcDatetime | None = None

@@ -11,6 +11,7 @@ from yuntu.jobs.worker import Worker
 from yuntu.kit.db import Database
 from yuntu.kit.pubsub import PubSub
 from yuntu.ledger import jobs as ledger_jobs  # holds, orders, rewards
+from yuntu.packages import processing as package_processing  # noqa: F401  (packages.process)
 from yuntu.render import jobs as render_jobs  # noqa: F401  (lease expiry)
 from yuntu.settings import Settings
 from yuntu.uploads import jobs as upload_jobs  # noqa: F401  (upload housekeeping)

@@ -30,6 +30,11 @@ NAMING_CONVENTION = {
 }
 
 
+def like_literal(value: str) -> str:
+    """`value` for a LIKE pattern with `escape="\\"`: its wildcards match themselves."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

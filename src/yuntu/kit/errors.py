@@ -102,6 +102,15 @@ class E:
         "任务预算已用完",
         "The task's budget is spent: raise it to resume",
     )
+    PACKAGE_NAME_TAKEN = ErrorSpec(
+        409014, "PACKAGE_NAME_TAKEN", "包名称已被使用", "A package with this name already exists"
+    )
+    VERSION_NOT_PROCESSED = ErrorSpec(
+        409015,
+        "VERSION_NOT_PROCESSED",
+        "该版本尚未处理成功，不能发布",
+        "Only a successfully processed version can be published",
+    )
     PAYMENT_MISMATCH = ErrorSpec(
         409020,
         "PAYMENT_MISMATCH",

@@ -8,6 +8,7 @@ from yuntu.models import (  # noqa: F401
     identity,
     jobs,
     ledger,
+    packages,
     render,
     uploads,
 )

@@ -52,6 +52,8 @@ class User(IdMixin, TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE, nullable=False)
     role: Mapped[str] = mapped_column(String(16), default=UserRole.USER, nullable=False)
     member_level: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # scopes granted to this (non-admin) user, as an API key would carry them: "packages:admin"
+    grants: Mapped[list[str] | None] = mapped_column(JSON)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # PicKitchen membership, kept in step with the user's subscriptions by the ledger.
     is_vip: Mapped[bool] = mapped_column(

@@ -2,9 +2,11 @@
 `kick`, V-Ray standalone), configured by the operator as a template plus regular expressions
 for its output lines, instead of code per renderer.
 
-Template: a command line in shell syntax with placeholders. It is split with `shlex` first and
-each argument is filled in afterwards, so a value is always exactly (part of) one argument: no
-shell ever runs, and a scene path or camera name with spaces, quotes or `;` stays one argument.
+Template: a command line in shell syntax with placeholders, parsed and filled by
+`kit.argv_template.ArgvTemplate` (its docstring has the safety rules). It is split with `shlex`
+first and each argument is filled in afterwards, so a value is always exactly (part of) one
+argument: no shell ever runs, and a scene path or camera name with spaces, quotes or `;` stays
+one argument.
 
     Render -r arnold -s {start} -e {end} -b {step} -x {width} -y {height}
            [-cam {camera}] -rd {out_dir} -im frame {scene}
@@ -44,10 +46,10 @@ Illustrative settings (check them against the version you run):
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from yuntu.kit.argv_template import ArgvTemplate
 from yuntu.render.contract import (
     ChunkJob,
     FrameProgress,
@@ -61,33 +63,7 @@ PLACEHOLDERS = frozenset(
     | {"frame"}
 )
 _NUMERIC = frozenset({"width", "height", "start", "end", "step", "frame"})
-_FIELD = re.compile(r"\{\{|\}\}|\{([a-z_]+)(?::(0?[1-9][0-9]?))?\}|[{}]")
 _PROGRESS_GROUPS = frozenset({"frame", "percent", "sample", "samples", "memory_mb"})
-
-
-@dataclass(frozen=True, slots=True)
-class _Group:
-    arguments: tuple[str, ...]
-    optional: bool
-
-
-def _fields(argument: str) -> list[tuple[str, str | None]]:
-    """The (placeholder, width) pairs of one template argument; ValueError for bad braces."""
-    found: list[tuple[str, str | None]] = []
-    for match in _FIELD.finditer(argument):
-        token = match.group(0)
-        if token in ("{{", "}}"):
-            continue
-        name, width = match.group(1), match.group(2)
-        if name is None:
-            raise ValueError(f"unmatched brace in template argument {argument!r}")
-        if name not in PLACEHOLDERS:
-            known = ", ".join(sorted(PLACEHOLDERS))
-            raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
-        if width is not None and name not in _NUMERIC:
-            raise ValueError(f"{{{name}}} is not a number and cannot be padded")
-        found.append((name, width))
-    return found
 
 
 def _compile(pattern: str | None, what: str) -> re.Pattern[str] | None:
@@ -107,37 +83,12 @@ class CommandTemplate:
     progress_pattern: str | None = None
     output_pattern: str | None = None
     error_pattern: str | None = None
-    _groups: tuple[_Group, ...] = field(init=False, repr=False, compare=False)
-    _used: frozenset[str] = field(init=False, repr=False, compare=False)
+    _argv: ArgvTemplate = field(init=False, repr=False, compare=False)
     _patterns: tuple[re.Pattern[str] | None, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        try:
-            arguments = shlex.split(self.template)
-        except ValueError as exc:  # an unclosed quote
-            raise ValueError(f"the command template cannot be split: {exc}") from exc
-        if not arguments:
-            raise ValueError("the command template is empty")
-        groups: list[_Group] = []
-        pending: list[str] | None = None
-        used: set[str] = set()
-        for argument in arguments:
-            used.update(name for name, _ in _fields(argument))
-            if pending is None and argument.startswith("["):
-                pending, argument = [], argument[1:]
-            if pending is None:
-                groups.append(_Group((argument,), optional=False))
-                continue
-            if argument.endswith("]"):
-                pending.append(argument[:-1])
-                groups.append(_Group(tuple(a for a in pending if a), optional=True))
-                pending = None
-            else:
-                pending.append(argument)
-        if pending is not None:
-            raise ValueError("an optional group '[' in the command template is not closed")
-        if groups[0].optional or "{" in groups[0].arguments[0]:
-            raise ValueError("the command template must start with a fixed program name")
+        argv = ArgvTemplate(self.template, PLACEHOLDERS, _NUMERIC)
+        used = argv.used
         if not used & {"frame", "frames", "start"}:
             raise ValueError("the command template never says which frames to render")
         if "start" in used and "end" not in used:
@@ -150,19 +101,18 @@ class CommandTemplate:
         if progress is not None and not set(progress.groupindex) & _PROGRESS_GROUPS:
             known = ", ".join(sorted(_PROGRESS_GROUPS))
             raise ValueError(f"the progress pattern needs a named group among {known}")
-        object.__setattr__(self, "_groups", tuple(groups))
-        object.__setattr__(self, "_used", frozenset(used))
+        object.__setattr__(self, "_argv", argv)
         object.__setattr__(self, "_patterns", (error, output, progress))
 
     @property
     def per_frame(self) -> bool:
         """One command per frame ({frame} in the template)."""
-        return "frame" in self._used
+        return "frame" in self._argv.used
 
     @property
     def ranges_only(self) -> bool:
         """Chunks must be progressions: chunk with `frames.chunk(..., ranges=True)`."""
-        return not self.per_frame and "frames" not in self._used
+        return not self.per_frame and "frames" not in self._argv.used
 
     def build(self, job: ChunkJob) -> list[list[str]]:
         """The argv lists (run one after another, no shell) that render `job`."""
@@ -176,55 +126,21 @@ class CommandTemplate:
         }
         if self.per_frame:
             return [
-                self._fill({**base, "frame": f, "start": f, "end": f, "step": 1, "frames": str(f)})
+                self._argv.fill(
+                    {**base, "frame": f, "start": f, "end": f, "step": 1, "frames": str(f)}
+                )
                 for f in job.frames
             ]
         progression = job.range
         if progression is None and self.ranges_only:
             raise ValueError("this renderer renders frame ranges only, and the chunk is not one")
         start, end, step = progression or (None, None, None)
-        if self.ranges_only and step != 1 and "step" not in self._used:
+        if self.ranges_only and step != 1 and "step" not in self._argv.used:
             raise ValueError("this renderer's template has no {step} for a stepped chunk")
         frames = ",".join(str(frame) for frame in job.frames)
-        return [self._fill({**base, "start": start, "end": end, "step": step, "frames": frames})]
-
-    def _fill(self, values: dict[str, Any]) -> list[str]:
-        argv: list[str] = []
-        for group in self._groups:
-            filled = [self._substitute(argument, values) for argument in group.arguments]
-            if any(argument is None for argument in filled):
-                if group.optional:
-                    continue
-                missing = [n for a in group.arguments for n, _ in _fields(a) if values[n] is None]
-                raise ValueError(f"the command template needs {{{missing[0]}}}")
-            argv.extend(argument for argument in filled if argument is not None)
-        return argv
-
-    @staticmethod
-    def _substitute(argument: str, values: dict[str, Any]) -> str | None:
-        """`argument` with its placeholders filled in, or None when a value is missing."""
-        missing = False
-
-        def replace(match: re.Match[str]) -> str:
-            nonlocal missing
-            token = match.group(0)
-            if token in ("{{", "}}"):
-                return token[0]
-            value = values[match.group(1)]
-            if value is None or value == "":
-                missing = True
-                return ""
-            width = match.group(2)
-            return f"{value:0{int(width)}d}" if width else str(value)
-
-        result = _FIELD.sub(replace, argument)
-        if missing:
-            return None
-        if result.startswith("-") and not argument.startswith("-"):
-            raise ValueError(f"a value would turn argument {argument!r} into an option")
-        if "\x00" in result:
-            raise ValueError("a value holds a NUL character")
-        return result
+        return [
+            self._argv.fill({**base, "start": start, "end": end, "step": step, "frames": frames})
+        ]
 
     def parse_line(self, line: str) -> RenderEvent | None:
         """The event one output line reports, by the configured patterns, or None."""

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.kit.background import spawn
-from yuntu.kit.db import UTCDateTime, database_of, on_commit
+from yuntu.kit.db import Database, UTCDateTime, database_of, on_commit
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.logging import get_logger
 from yuntu.models.drive import Blob
@@ -157,6 +157,21 @@ async def _object_present(store: BlobStore, blob: Blob) -> bool:
         return await store.exists(blob.storage_key)
     except StorageError:
         return True  # cannot tell: trust the row rather than rewrite it
+
+
+async def undo_staged(db: Database, staged: StagedObject, adopted_key: str | None) -> None:
+    """After a transaction that adopted `staged` failed: remove the pending object and, when no
+    blob row records it, the object it was adopted into (nothing half-written is left)."""
+    store = db.storage
+    if store is None:
+        return
+    await discard(store, staged.key)
+    if adopted_key is None or adopted_key == staged.key:
+        return
+    async with db.read_sessionmaker() as session:
+        kept = await session.scalar(select(Blob.id).where(Blob.sha256 == staged.sha256))
+    if kept is None:
+        await discard(store, adopted_key)
 
 
 def discard_after_commit(session: AsyncSession, store: BlobStore, key: str) -> None:

@@ -1,0 +1,1 @@
+"""Package distribution: originals, processing, permanent links, rollback, client API."""
