@@ -183,9 +183,9 @@ async def _run(
     if error is None and work.current != work.original:
         artifact = await _store_artifact(ctx, work.current)
     package, published = await _finish(ctx, settings, version_id, artifact, error)
-    status = VersionStatus.PROCESSING_FAILED if error else VersionStatus.PROCESSED
-    await ctx.log("info" if error is None else "warning", f"version {version_id}: {status}")
-    return {"status": status, "published": published, "error": error, "package": package}
+    ended = VersionStatus.PROCESSING_FAILED if error else VersionStatus.PROCESSED
+    await ctx.log("info" if error is None else "warning", f"version {version_id}: {ended}")
+    return {"status": ended, "published": published, "error": error, "package": package}
 
 
 async def _download(ctx: JobContext, blob_id: int, target: Path) -> Hasher:
@@ -258,6 +258,7 @@ async def _scan(settings: Settings, path: Path) -> StepOutcome:
         executable=settings.packages_clamscan_path,
         database=settings.packages_clamav_database,
         timeout=timeout,
+        options=settings.packages_clamscan_options,
     )
 
 

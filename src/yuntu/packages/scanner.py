@@ -8,9 +8,11 @@ not ok with `{"infected": True, "signature": "<name>"}`; anything that is not a 
 error, missing binary or database, clamd unreachable, stream too large, timeout) is not ok with
 `{"error": "<kind>"}` and the reason in the log, so a package is never passed unscanned.
 
-Limits worth knowing: clamscan skips (and reports clean) files above its `--max-filesize`
+Limits worth knowing: clamscan skips (and reports clean!) files above its `--max-filesize`
 (100 MB by default) and stops at `--max-scansize`; clamd refuses streams above its
-`StreamMaxLength` (an error here, never clean). Size those to the largest package accepted.
+`StreamMaxLength` (an error here, never clean). Size those to the largest package accepted, and
+pass clamscan `--alert-exceeds-max=yes` (`options`) to fail closed: its
+`Heuristics.Limits.Exceeded.*` match is reported as a `size_limit` error, not as an infection.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 LOG_LIMIT = 64 * 1024  # bytes of a step's output kept (the end of it)
-_READ = 65536
 _DRAIN_SECONDS = 2.0  # how long the pipe may stay open after the main process exited
 _CHUNK = 64 * 1024  # INSTREAM chunk size; clamd only bounds the total (StreamMaxLength)
 _MAX_REPLY = 64 * 1024
+_LIMITS = "Heuristics.Limits.Exceeded"  # --alert-exceeds-max: a file too large to scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +116,27 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def _pump(stream: asyncio.StreamReader, tail: _Tail) -> None:
-    while chunk := await stream.read(_READ):
-        tail.write(chunk)
+class _Capture(asyncio.SubprocessProtocol):
+    """Collects the merged output and tells the main process's exit apart from the pipe's
+    closing: a leftover child can hold the pipe open long after the tool itself has exited
+    (`Process.wait()` waits for both)."""
+
+    def __init__(self, tail: _Tail) -> None:
+        loop = asyncio.get_running_loop()
+        self.tail = tail
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.tail.write(data.encode() if isinstance(data, str) else data)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:  # exited and pipes closed
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 async def run_captured(
@@ -130,8 +150,10 @@ async def run_captured(
     one capped log. On timeout, or once the main process has exited, the whole process group is
     killed: a tool's leftover children never outlive its step."""
     began = time.monotonic()
+    tail = _Tail(LOG_LIMIT)
     try:
-        process = await asyncio.create_subprocess_exec(
+        transport, capture = await asyncio.get_running_loop().subprocess_exec(
+            lambda: _Capture(tail),
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -146,29 +168,25 @@ async def run_captured(
         return Captured(None, f"command not executable: {argv[0]}", started=False)
     except OSError as exc:  # e.g. ENOEXEC: a script without a #! line
         return Captured(None, f"command cannot start: {argv[0]}: {exc}", started=False)
-    assert process.stdout is not None
-    tail = _Tail(LOG_LIMIT)
-    reading = asyncio.create_task(_pump(process.stdout, tail))
+    pid = transport.get_pid()
     timed_out = False
     try:
         try:
             async with asyncio.timeout(timeout):
-                await process.wait()
+                await asyncio.shield(capture.exited)
         except TimeoutError:
             timed_out = True
-            _kill_group(process.pid)
-            await process.wait()
-        _kill_group(process.pid)
+            _kill_group(pid)
+            await capture.exited
+        _kill_group(pid)  # whatever the tool left running in its group
         # A child that left the group (setsid) may still hold the pipe: stop waiting for it.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reading), _DRAIN_SECONDS)
+            await asyncio.wait_for(asyncio.shield(capture.closed), _DRAIN_SECONDS)
     finally:
-        if process.returncode is None:  # cancelled: the job was stopped
-            _kill_group(process.pid)
-        reading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reading
-    code = None if timed_out else process.returncode
+        if transport.get_returncode() is None:  # cancelled: the job was stopped
+            _kill_group(pid)
+        transport.close()
+    code = None if timed_out else transport.get_returncode()
     return Captured(code, tail.text(), True, timed_out, time.monotonic() - began)
 
 
@@ -208,9 +226,11 @@ async def clamscan(
     executable: str = "clamscan",
     database: str | None = None,
     timeout: float = 600,  # noqa: ASYNC109 (an expiry is a verdict to record)
+    options: Sequence[str] = (),
 ) -> StepOutcome:
-    """Scan one file with clamscan. Exit 0 is clean, 1 a match, anything else no verdict."""
-    argv = [executable, "--no-summary", "--stdout"]
+    """Scan one file with clamscan. Exit 0 is clean, 1 a match, anything else no verdict.
+    `options` are extra clamscan flags (limits such as `--max-filesize=2000M`)."""
+    argv = [executable, "--no-summary", "--stdout", *options]
     if database:
         argv.append(f"--database={database}")  # one argument, whatever the path looks like
     argv += ["--", str(path)]
@@ -221,6 +241,11 @@ async def clamscan(
         return StepOutcome(True, 0, clean_log(captured.output), result={"infected": False})
     if captured.exit_code == 1:
         signature = _signature(captured.output)
+        if signature and signature.startswith(_LIMITS):
+            log = clean_log(captured.output, "clamscan: the file exceeds a scan limit: not scanned")
+            return StepOutcome(
+                False, 1, log, result={"error": "size_limit", "signature": signature}
+            )
         verdict = f"clamscan: infected ({signature or 'signature not reported'})"
         return StepOutcome(
             False,

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-BUILTIN_STEPS = ("checksum", "metadata", "clamav")
+from yuntu.packages.commands import BUILTIN_STEPS, CommandStep
+from yuntu.packages.scanner import parse_clamd_address
+
 _STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -28,7 +30,7 @@ class PackageCommand(BaseModel):
 
 class PackageSettings(BaseModel):
     packages_steps: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(BUILTIN_STEPS),
+        default_factory=lambda: ["checksum", "metadata", "clamav"],
         description="Processing steps in order, comma-separated: checksum, metadata, clamav and "
         "the names of packages_commands",
     )
@@ -50,6 +52,15 @@ class PackageSettings(BaseModel):
     packages_clamd_address: str | None = Field(
         default=None,
         description="Scan with clamd instead of clamscan: tcp://host:port or unix:///path",
+    )
+    packages_clamscan_options: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "--max-filesize=4000M",
+            "--max-scansize=4000M",
+            "--alert-exceeds-max=yes",
+        ],
+        description="Extra clamscan flags, comma-separated. The default scans files up to "
+        "4000 MB whole and fails (rather than passes) anything larger",
     )
     packages_scan_timeout_seconds: int = Field(default=600, ge=1, le=24 * 3600)
     packages_auto_publish: bool = Field(
@@ -84,7 +95,7 @@ class PackageSettings(BaseModel):
         default=8 * 1024 * 1024 * 1024, ge=1, description="Largest package version upload"
     )
 
-    @field_validator("packages_steps", mode="before")
+    @field_validator("packages_steps", "packages_clamscan_options", mode="before")
     @classmethod
     def _step_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -93,6 +104,14 @@ class PackageSettings(BaseModel):
                 return json.loads(text)
             return [name.strip() for name in text.split(",") if name.strip()]
         return value
+
+    @field_validator("packages_clamd_address")
+    @classmethod
+    def _clamd_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_clamd_address(value.strip())  # raises ValueError with the reason
+        return value.strip()
 
     @field_validator("packages_cdn_base_url")
     @classmethod
@@ -107,8 +126,6 @@ class PackageSettings(BaseModel):
     @model_validator(mode="after")
     def _steps_known(self) -> Any:
         for name, command in self.packages_commands.items():
-            from yuntu.packages.commands import CommandStep
-
             if not _STEP_NAME.match(name) or name in BUILTIN_STEPS:
                 raise ValueError(f"packages_commands: {name!r} is not a usable step name")
             CommandStep(name, command.template, command.timeout_seconds)  # a bad template fails now

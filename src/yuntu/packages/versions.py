@@ -236,7 +236,11 @@ async def reprocess(
     version = await get(session, package.id, version_id, lock=True)
     if version.status != V.PROCESSING_FAILED:
         raise AppError(E.INVALID_STATE, message="only a version whose processing failed")
+    check_move(version.status, V.PROCESSING)
+    version.status = V.PROCESSING  # queued: the job starts a new run
+    version.error = None
     await enqueue_processing(session, settings, version)
+    await service.refresh_status(session, package)
     await service.record(
         session, actor, "package.reprocess", package.id, after=version_snapshot(version)
     )
