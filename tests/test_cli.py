@@ -265,3 +265,29 @@ def test_invalid_setting_is_a_configuration_error(tmp_path):
     result = run_cli(tmp_path, "config", YUNTU_TRUSTED_PROXIES="not-a-network")
     assert result.returncode == 2
     assert_clean_failure(result, "configuration error", "not-a-network")
+
+
+def test_packages_init_admin_creates_the_first_administrator_once(upgraded):
+    first = run_cli(
+        upgraded,
+        "packages",
+        "init-admin",
+        "--username",
+        "boss",
+        "--password",
+        PASSWORD,
+        "--api-key",
+    )
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert out["role"] == "admin" and out["api_key"].startswith("yk_")
+    # the key is stored hashed, scoped to packages:admin
+    rows = query(upgraded, "SELECT key_hash, scopes FROM api_keys")
+    assert len(rows) == 1 and out["api_key"] not in rows[0][0]
+    assert json.loads(rows[0][1]) == ["packages:admin"]
+
+    second = run_cli(
+        upgraded, "packages", "init-admin", "--username", "boss2", "--password", PASSWORD
+    )
+    assert_clean_failure(second, "administrator already exists")
+    assert query(upgraded, "SELECT username, role FROM users") == [("boss", "admin")]

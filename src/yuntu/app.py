@@ -88,6 +88,8 @@ def upload_body_limit(settings: Settings) -> Callable[[str], int | None]:
             return settings.upload_form_max_bytes
         if path.startswith(f"{API_PREFIX}/agents/frames/") and "/outputs/" in path:
             return settings.render_max_output_bytes
+        if path.startswith(f"{API_PREFIX}/packages/") and path.endswith("/versions"):
+            return settings.packages_max_upload_bytes + 64 * 1024  # multipart form overhead
         if path.endswith("/files/check"):
             return max(settings.max_request_bytes, 64 * 1024 * 1024)
         if path == f"{API_PREFIX}/upload-tasks":
