@@ -8,6 +8,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -52,6 +53,24 @@ def _rfc3339(value: datetime) -> str:
 UtcDatetime = Annotated[
     datetime,
     PlainSerializer(_rfc3339, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-23T10:00:00Z"]}),
+]
+
+
+def _date_time_text(value: Any) -> Any:
+    # pydantic would also take a number (Unix time) or a naive time: a filter given that way is
+    # almost surely a mistake, so only RFC 3339 text with a time zone passes.
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and len(value) >= 20 and value[:4].isdigit() and value[4] == "-":
+        return value
+    raise ValueError("an RFC 3339 date-time with a time zone, e.g. 2026-01-01T00:00:00Z")
+
+
+# A time given as a filter (query parameter): RFC 3339 with a time zone, nothing else.
+FilterDatetime = Annotated[
+    AwareDatetime,
+    BeforeValidator(_date_time_text),
     WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-23T10:00:00Z"]}),
 ]
 

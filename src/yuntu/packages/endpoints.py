@@ -4,7 +4,6 @@ accept `packages:read`. Every write is audited (`GET /api/v1/admin/audit`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Query, Request
@@ -15,7 +14,16 @@ from yuntu.identity.service import Client
 from yuntu.kit.forms import StreamedForm, field_error
 from yuntu.kit.http import own_transactions, release_session
 from yuntu.kit.routing import error_responses, make_router
-from yuntu.kit.schemas import Envelope, Id, Page, PageParams, make_page, page_params, paginate
+from yuntu.kit.schemas import (
+    Envelope,
+    FilterDatetime,
+    Id,
+    Page,
+    PageParams,
+    make_page,
+    page_params,
+    paginate,
+)
 from yuntu.kit.text import clean_text
 from yuntu.models.packages import Package, PackageVersion
 from yuntu.packages import delivery, service, versions
@@ -117,12 +125,9 @@ async def list_packages(
         Literal["no_version", "processing", "processing_failed", "available", "disabled"] | None,
         Query(),
     ] = None,
-    created_from: Annotated[datetime | None, Query(description="Created at or after")] = None,
-    created_to: Annotated[datetime | None, Query(description="Created before")] = None,
+    created_from: Annotated[FilterDatetime | None, Query(description="Created at or after")] = None,
+    created_to: Annotated[FilterDatetime | None, Query(description="Created before")] = None,
 ) -> Envelope[Page[PackageOut]]:
-    for value, field in ((created_from, "created_from"), (created_to, "created_to")):
-        if value is not None and value.tzinfo is None:
-            raise field_error(f"query.{field}", "give a time zone (e.g. 2026-01-01T00:00:00Z)")
     statement = service.list_statement(
         name=name,
         platform=platform,
