@@ -169,6 +169,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(ops_router)
+    # the hottest machine-client paths first: routes are matched in order
+    app.include_router(package_client_router, prefix=API_PREFIX)
+    app.include_router(package_public_router)
     app.include_router(identity_router, prefix=API_PREFIX)
     app.include_router(wechat_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
@@ -191,8 +194,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(render_output_router, prefix=API_PREFIX)
     app.include_router(render_task_router, prefix=API_PREFIX)
     app.include_router(package_router, prefix=API_PREFIX)
-    app.include_router(package_client_router, prefix=API_PREFIX)
-    app.include_router(package_public_router)
     app.include_router(events_router)
     if settings.cors_origins:
         app.add_middleware(

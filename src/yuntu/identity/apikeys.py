@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.identity.tokens import constant_time_equals, sha256_hex
@@ -23,6 +25,22 @@ KNOWN_SCOPES: frozenset[str] = frozenset(get_args(Scope))
 IMPLIED_BY: dict[str, frozenset[str]] = {"packages:read": frozenset({"packages:admin"})}
 # last_used_at is written at most this often per key, so hot keys do not write on every call.
 _TOUCH_INTERVAL_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """What a request needs of an authenticated key (cacheable: no ORM state)."""
+
+    id: int
+    scopes: frozenset[str]
+    expires_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyRef:
+        return cls(key.id, frozenset(key.scopes), key.expires_at)
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.now(UTC)
 
 
 def generate() -> tuple[str, str]:
@@ -82,11 +100,19 @@ def needs_touch(key: ApiKey) -> bool:
     return last is None or (datetime.now(UTC) - last).total_seconds() > _TOUCH_INTERVAL_SECONDS
 
 
+def touch_due(last_touch_monotonic: float) -> bool:
+    return time.monotonic() - last_touch_monotonic > _TOUCH_INTERVAL_SECONDS
+
+
 async def touch(session: AsyncSession, key_id: int) -> None:
     """Record use. Runs in its own short write transaction, so read-only requests stay
     read-only and a failed request still counts as a use."""
-    await session.execute(
-        update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=datetime.now(UTC))
+    # on the connection, not through the session: a use is not a change the key caches must
+    # hear about (any other bulk update of api_keys empties them)
+    table = cast(Table, ApiKey.__table__)
+    connection = await session.connection()
+    await connection.execute(
+        update(table).where(table.c.id == key_id).values(last_used_at=datetime.now(UTC))
     )
 
 

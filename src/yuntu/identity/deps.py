@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -11,11 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from yuntu.identity import apikeys, service
 from yuntu.identity.service import AuthRuntime, Client
+from yuntu.identity.tokens import sha256_hex
 from yuntu.kit import idempotency
 from yuntu.kit.clientip import client_address
 from yuntu.kit.errors import AppError, E
 from yuntu.kit.http import get_db_session, is_read_only
-from yuntu.models.identity import ApiKey, User, UserRole
+from yuntu.models.identity import User, UserRole
 
 bearer_scheme = HTTPBearer(auto_error=False, description="Access token from /auth/login")
 api_key_scheme = APIKeyHeader(
@@ -56,7 +58,7 @@ class Principal:
 
     user: User | None = None
     session_id: int | None = None
-    api_key: ApiKey | None = None
+    api_key: apikeys.KeyRef | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -142,6 +144,37 @@ async def current_admin(auth: CurrentUser) -> AuthUser:
 CurrentAdmin = Annotated[AuthUser, Depends(current_admin)]
 
 
+async def _key_from_header(
+    request: Request, session: AsyncSession, rt: AuthRuntime, presented: str
+) -> apikeys.KeyRef:
+    """The key, from the cache on read-only requests (revocations evict it at commit, in every
+    process); its use is recorded at most once a minute."""
+    cache = rt.cache if is_read_only(request) else None
+    digest = sha256_hex(presented) if cache is not None else ""
+    cached = cache.get_key(digest) if cache is not None else None
+    if cached is not None:
+        key, touched = cached
+        if key.expired():
+            raise AppError(E.API_KEY_INVALID)
+        due = apikeys.touch_due(touched)
+    else:
+        row = await apikeys.authenticate(session, presented)
+        key, due = apikeys.KeyRef.of(row), apikeys.needs_touch(row)
+        touched = 0.0 if due else time.monotonic()
+    if due:
+        if is_read_only(request):
+            # A read session must not write (SQLite); a short write transaction of its own.
+            async with request.app.state.db.transaction() as write_session:
+                await apikeys.touch(write_session, key.id)
+        else:
+            # The request already holds the write lock on SQLite: write in the same session.
+            await apikeys.touch(session, key.id)
+        touched = time.monotonic()
+    if cache is not None:
+        cache.put_key(digest, key, touched)
+    return key
+
+
 async def current_principal(
     request: Request,
     session: DbSession,
@@ -154,17 +187,9 @@ async def current_principal(
         grants = frozenset(auth.user.grants or ())
         return Principal(user=auth.user, session_id=auth.session_id, scopes=grants)
     if api_key:
-        key = await apikeys.authenticate(session, api_key)
-        if apikeys.needs_touch(key):
-            if is_read_only(request):
-                # A read session must not write (SQLite); a short write transaction of its own.
-                async with request.app.state.db.transaction() as write_session:
-                    await apikeys.touch(write_session, key.id)
-            else:
-                # The request already holds the write lock on SQLite: write in the same session.
-                await apikeys.touch(session, key.id)
+        key = await _key_from_header(request, session, rt, api_key)
         request.scope.setdefault("state", {})["user_id"] = f"key:{key.id}"
-        return Principal(api_key=key, scopes=frozenset(key.scopes))
+        return Principal(api_key=key, scopes=key.scopes)
     raise AppError(E.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
 
 

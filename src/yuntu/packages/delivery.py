@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -62,10 +62,8 @@ class Current:
     published_at: datetime | None
 
 
-async def lookup(
-    session: AsyncSession, *, package_id: int | None = None, name: str | None = None
-) -> Current:
-    stmt = (
+def _current_statement(where: Any) -> Any:
+    return (
         select(
             Package.id,
             Package.name,
@@ -86,15 +84,29 @@ async def lookup(
         )
         .outerjoin(PackageVersion, PackageVersion.id == Package.current_version_id)
         .outerjoin(Blob, Blob.id == PackageVersion.artifact_blob_id)
+        .where(where)
     )
+
+
+# Built once: the hot paths skip building the statement and computing its cache key per call.
+_BY_ID = _current_statement(Package.id == bindparam("package_id"))
+_BY_NAME = _current_statement(Package.name_key == bindparam("name_key"))
+
+
+async def lookup(
+    session: AsyncSession, *, package_id: int | None = None, name: str | None = None
+) -> Current:
+    params: dict[str, object]
     if package_id is not None:
-        stmt = stmt.where(Package.id == package_id)
+        statement, params = _BY_ID, {"package_id": package_id}
     else:
         key = name_key(name or "")
         if key is None:
             raise AppError(E.NOT_FOUND)
-        stmt = stmt.where(Package.name_key == key)
-    row = (await session.execute(stmt)).first()
+        statement, params = _BY_NAME, {"name_key": key}
+    # Core execution on the session's connection: plain rows, no ORM result layer
+    connection = await session.connection()
+    row = (await connection.execute(statement, params)).first()
     if row is None:
         raise AppError(E.NOT_FOUND)
     return Current(

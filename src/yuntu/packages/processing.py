@@ -76,9 +76,8 @@ async def process(ctx: JobContext) -> dict[str, Any]:
         if version is None or version.status not in (
             VersionStatus.UPLOADED,
             VersionStatus.PROCESSING,
-            VersionStatus.PROCESSING_FAILED,
         ):
-            return {"skipped": "version gone or already processed"}
+            return {"skipped": "the version is gone or not waiting for processing"}
         await _close_interrupted(session, version)
         run = await versions.start_run(session, version)
         package_name = await session.scalar(

@@ -40,11 +40,12 @@ def processing_timeout(settings: Settings) -> int:
 async def enqueue_processing(
     session: AsyncSession, settings: Settings, version: PackageVersion
 ) -> None:
+    # No unique key: the version's own state (moved under its row lock) already refuses a
+    # second start, and the previous run's job may still be writing its outcome.
     job = await jobs.enqueue(
         session,
         PROCESS_KIND,
         {"version_id": str(version.id)},
-        unique_key=f"packages.process:{version.id}",
         timeout_seconds=processing_timeout(settings),
     )
     version.job_id = job.id
