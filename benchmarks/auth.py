@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
+from serving import free_port, in_own_process, stop, wait_ready
 
 HOST = "127.0.0.1"
 GOAL = 0.5
@@ -63,35 +61,6 @@ def serve_bare(port: int) -> None:
 
 
 # ---- process helpers ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early with code {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server at {url} not ready after {timeout:.0f}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 # ---- load generators ---------------------------------------------------------------------------
@@ -140,23 +109,15 @@ async def _httpx_load(url: str, headers: dict[str, str], duration: float, connec
 
 def run_httpx(url: str, headers: dict[str, str], duration: float, connections: int) -> float:
     """Fallback load generator, in its own process so it does not share the server's core."""
-    code = (
-        "import asyncio, json, sys; sys.path.insert(0, sys.argv[1]);"
-        "from auth import _httpx_load;"
-        "a = json.loads(sys.argv[2]);"
-        "print(asyncio.run(_httpx_load(a['url'], a['headers'], a['duration'], a['conn'])))"
-    )
-    args = json.dumps({"url": url, "headers": headers, "duration": duration, "conn": connections})
     started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), args],
-        capture_output=True,
-        text=True,
-        check=True,
+    out = in_own_process(
+        "auth",
+        "_httpx_load",
+        {"url": url, "headers": headers, "duration": duration, "connections": connections},
         timeout=duration + 60,
-    ).stdout
+    )
     elapsed = max(duration, time.monotonic() - started - 0.5)  # minus interpreter start-up
-    return int(out.strip().splitlines()[-1]) / elapsed
+    return int(out) / elapsed
 
 
 # ---- the run -----------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from serving import free_port, yuntu
 from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,17 +59,6 @@ PG_SERVER = os.environ.get(
     "YUNTU_BENCH_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 PASSWORD = "bench-Passw0rd!"
-
-
-def yuntu() -> list[str]:
-    script = Path(sys.executable).with_name("yuntu")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "yuntu.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def fresh_database() -> str:

@@ -31,24 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from serving import free_port, yuntu
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MiB = 1024 * 1024
 API = "/api/v1"
-
-
-def yuntu() -> list[str]:
-    script = Path(sys.executable).with_name("yuntu")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "yuntu.cli"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
