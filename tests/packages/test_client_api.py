@@ -175,6 +175,7 @@ async def test_admin_endpoints_refuse_non_admins_and_honour_grants(
     created = await create_package(client, staff_headers, "staff-made")
     version = await upload(client, staff_headers, created["id"], b"\x00abc" * 10, "a.bin")
     assert version["uploaded_by"] == staff["user"]["id"]
+    await wait_processed(client, staff_headers, created["id"], version["id"])
     audit = await client.get(
         f"{API}/admin/audit", params={"action": "package."}, headers=staff_headers
     )
